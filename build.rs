@@ -1,0 +1,9 @@
+//! Generates the filter's message types from the one contract, `proto/keybrake.proto`.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/keybrake.proto");
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    prost_build::Config::new()
+        .protoc_executable(protoc)
+        .compile_protos(&["proto/keybrake.proto"], &["proto"])?;
+    Ok(())
+}

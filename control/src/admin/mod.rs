@@ -1,0 +1,121 @@
+//! The admin HTTP API (axum), reached through Envoy at `/admin/`. Every route
+//! needs the admin key, except `GET /admin/audit`, which an audit-scoped vault
+//! key (`vendor: "keybrake"`) may also call. Errors use Stripe's shape.
+
+mod audit;
+mod error;
+mod fx;
+mod keys;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::Method as HttpMethod;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keybrake_core::scope::{any_matches, Method};
+use keybrake_core::vault_key::VaultKey;
+use keybrake_core::vendor::Vendor;
+
+pub use error::AdminError;
+
+/// FX rates as loaded from a file at start (same shape as `PUT /admin/fx_rates`).
+pub type SetRatesFile = Vec<crate::model::FxRate>;
+
+/// Parses and validates an FX rates file.
+pub fn parse_fx_file(bytes: &[u8]) -> Result<SetRatesFile, AdminError> {
+    let request: fx::SetRates = error::parse_json(bytes)?;
+    request.validate()
+}
+
+use crate::app::App;
+use crate::model::KeyState;
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Admin,
+    /// An audit-scoped vault key, allowed only the endpoints in its scope.
+    AuditKey {
+        key_id: String,
+    },
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let admin = Router::new()
+        .route("/admin/vault_keys", post(keys::create).get(keys::list))
+        .route("/admin/vault_keys/revoke", post(keys::revoke_prefix))
+        .route(
+            "/admin/vault_keys/{id}",
+            get(keys::show).delete(keys::revoke),
+        )
+        .route("/admin/usage", get(keys::usage))
+        .route("/admin/audit", get(audit::query))
+        .route("/admin/audit/verify", get(audit::verify))
+        .route("/admin/fx_rates", get(fx::list).put(fx::set))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(admin)
+        .with_state(app)
+}
+
+async fn not_found() -> AdminError {
+    AdminError::NotFound("Unrecognized request URL.".into())
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.store.read(|l| l.ping()).await {
+        Ok(()) => Json(serde_json::json!({"status": "ready", "storage": app.store.backend_name()}))
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: storage unreachable");
+            AdminError::Storage.into_response()
+        }
+    }
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let Some(token) = bearer(&req).map(str::to_owned) else {
+        return AdminError::Unauthorized.into_response();
+    };
+    if app.vault.is_admin_key(&token) {
+        req.extensions_mut().insert(Principal::Admin);
+        return next.run(req).await;
+    }
+    let Ok(vault_key) = VaultKey::parse(&token) else {
+        return AdminError::Unauthorized.into_response();
+    };
+    let hash = vault_key.hash();
+    let key = match app.store.read(move |l| l.key_by_hash(&hash)).await {
+        Ok(Some(k)) => k,
+        Ok(None) => return AdminError::Unauthorized.into_response(),
+        Err(_) => return AdminError::Storage.into_response(),
+    };
+    let now = app.clock.now_us() / 1_000_000;
+    let method = match *req.method() {
+        HttpMethod::GET => Some(Method::Get),
+        _ => None,
+    };
+    let allowed = key.vendor == Vendor::Keybrake
+        && key.state(now) == KeyState::Active
+        && method.is_some_and(|m| any_matches(&key.scopes, m, req.uri().path()));
+    if !allowed {
+        return AdminError::Forbidden.into_response();
+    }
+    req.extensions_mut()
+        .insert(Principal::AuditKey { key_id: key.id });
+    next.run(req).await
+}

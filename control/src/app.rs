@@ -1,0 +1,356 @@
+//! The control service's application state and the gateway operations the
+//! filter calls: authorize, settle, record. The gRPC layer (`grpc.rs`) is a
+//! thin translation onto these.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use keybrake_core::scope::{any_matches, Method};
+use keybrake_core::vendor::Vendor;
+
+use crate::calls::{begin_call, settle_call, Begun, CallPlan, Settlement};
+use crate::clock::{day_of, Clock};
+use crate::denial::Denial;
+use crate::ids::new_id;
+use crate::model::{AuditEntry, KeyRecord, KeyState};
+use crate::secrets::Vault;
+use crate::store::{Ledger, Store, StoreResult};
+use crate::usd::FxTable;
+use crate::wire::{self, authorize_response::Verdict, price::Kind};
+
+/// Tunables of the gateway's bookkeeping.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long idempotency records of completed calls are kept (Stripe keeps 24 hours).
+    pub record_ttl_secs: i64,
+    /// How long a forwarded call may stay unsettled before it counts as uncertain.
+    pub lease_secs: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            record_ttl_secs: 86_400,
+            lease_secs: 300,
+        }
+    }
+}
+
+pub struct App {
+    pub store: Store,
+    pub vault: Vault,
+    pub clock: Arc<dyn Clock>,
+    pub limits: Limits,
+    fx: RwLock<Arc<FxTable>>,
+}
+
+impl App {
+    pub fn new(store: Store, vault: Vault, clock: Arc<dyn Clock>, limits: Limits) -> App {
+        App {
+            store,
+            vault,
+            clock,
+            limits,
+            fx: RwLock::new(Arc::new(HashMap::new())),
+        }
+    }
+
+    /// Reloads the FX table from storage.
+    pub async fn refresh_fx(&self) -> StoreResult<()> {
+        let rates = self.store.read(|l| l.fx_rates()).await?;
+        let table: FxTable = rates.into_iter().map(|r| (r.currency.clone(), r)).collect();
+        if let Ok(mut fx) = self.fx.write() {
+            *fx = Arc::new(table);
+        }
+        Ok(())
+    }
+
+    pub fn fx(&self) -> Arc<FxTable> {
+        self.fx.read().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Decides one call. Storage failures deny (fail closed).
+    pub async fn authorize(&self, req: wire::AuthorizeRequest) -> wire::AuthorizeResponse {
+        let now_us = self.clock.now_us();
+        let mut context = AuditEntry {
+            at_us: now_us,
+            vendor: req.vendor.clone(),
+            method: req.method.clone(),
+            path: req.path.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            fingerprint: req.fingerprint.clone(),
+            stripe_account: req.stripe_account.clone(),
+            ..Default::default()
+        };
+        let Ok(hash) = <[u8; 32]>::try_from(req.vault_key_hash.as_slice()) else {
+            return self
+                .refuse(
+                    context,
+                    None,
+                    Denial::BadRequest("vault key hash must be 32 bytes".into()),
+                )
+                .await;
+        };
+        let key = match self.store.read(move |l| l.key_by_hash(&hash)).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return self.refuse(context, None, Denial::KeyUnknown).await,
+            Err(e) => {
+                tracing::error!(error = %e, "authorize: key lookup failed");
+                return deny(&Denial::StorageUnavailable, None);
+            }
+        };
+        context.key_id = key.id.clone();
+        context.label = key.label.clone();
+        let metadata = metadata(&key);
+        if let Err(denial) = check_key(&key, &req, now_us / 1_000_000) {
+            return self.refuse(context, Some(metadata), denial).await;
+        }
+        let Some(method) = Method::parse(&req.method) else {
+            return self
+                .refuse(
+                    context,
+                    Some(metadata),
+                    Denial::BadRequest("unknown method".into()),
+                )
+                .await;
+        };
+        let price = req.price.clone().unwrap_or_default();
+        let stateful = method == Method::Post
+            && (price.kind != Kind::Free as i32 || !req.idempotency_key.is_empty());
+        if !stateful {
+            // Reads and free calls without a caller key hold no state: the
+            // filter records them in its audit batches.
+            let allow = wire::Allow {
+                upstream_authorization: self.vault.upstream_authorization(),
+                forwarded_idempotency_key: String::new(),
+                call_id: new_id("call"),
+                settle: false,
+            };
+            return wire::AuthorizeResponse {
+                verdict: Some(Verdict::Allow(allow)),
+                key: Some(metadata),
+            };
+        }
+        let plan = CallPlan {
+            call_id: new_id("call"),
+            now: now_us / 1_000_000,
+            day: day_of(now_us),
+            price,
+            fx: self.fx(),
+            account: self.vault.account_scope(&req.stripe_account),
+            endpoint: format!("{} {}", req.method, req.path),
+            fingerprint: req.fingerprint.clone(),
+            caller_key: req.idempotency_key.clone(),
+            record_ttl_secs: self.limits.record_ttl_secs,
+            lease_secs: self.limits.lease_secs,
+            context,
+            key,
+        };
+        match self.store.write(move |l| begin_call(l, &plan)).await {
+            Ok(Begun::Allowed {
+                call_id,
+                forwarded_key,
+            }) => {
+                let allow = wire::Allow {
+                    upstream_authorization: self.vault.upstream_authorization(),
+                    forwarded_idempotency_key: forwarded_key,
+                    call_id,
+                    settle: true,
+                };
+                wire::AuthorizeResponse {
+                    verdict: Some(Verdict::Allow(allow)),
+                    key: Some(metadata),
+                }
+            }
+            Ok(Begun::Replayed(r)) => {
+                let replay = wire::Replay {
+                    http_status: r.status,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(name, value)| wire::Header { name, value })
+                        .collect(),
+                    body: r.body,
+                };
+                wire::AuthorizeResponse {
+                    verdict: Some(Verdict::Replay(replay)),
+                    key: Some(metadata),
+                }
+            }
+            Ok(Begun::Denied(d)) => deny(&d, Some(metadata)),
+            Err(e) => {
+                tracing::error!(error = %e, "authorize: storage failed; refusing the call");
+                deny(&Denial::StorageUnavailable, Some(metadata))
+            }
+        }
+    }
+
+    /// Records a refusal made before any state was touched, then answers it.
+    async fn refuse(
+        &self,
+        mut entry: AuditEntry,
+        key: Option<wire::KeyMetadata>,
+        denial: Denial,
+    ) -> wire::AuthorizeResponse {
+        entry.call_id = new_id("call");
+        entry.stage = "call".into();
+        entry.decision = "denied".into();
+        entry.reason = denial.code().into();
+        entry.outcome = "not_sent".into();
+        if let Err(e) = self
+            .store
+            .write(move |l| l.append_audit(&entry).map(|_| ()))
+            .await
+        {
+            tracing::error!(error = %e, "could not record a denial");
+        }
+        deny(&denial, key)
+    }
+
+    pub async fn settle(&self, s: wire::SettleRequest) -> StoreResult<()> {
+        let settlement = settlement_from_wire(s, self.clock.now_us());
+        self.store.write(move |l| settle_call(l, &settlement)).await
+    }
+
+    /// Appends the filter's batched records (and settles orphaned calls).
+    pub async fn record_calls(&self, batch: wire::CallRecordBatch) -> StoreResult<()> {
+        let now_us = self.clock.now_us();
+        self.store
+            .write(move |l| {
+                for s in batch.orphaned_settlements {
+                    settle_call(l, &settlement_from_wire(s, now_us))?;
+                }
+                let mut labels: HashMap<String, String> = HashMap::new();
+                for r in batch.records {
+                    let entry = entry_from_record(l, &mut labels, r, now_us)?;
+                    l.append_audit(&entry)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+}
+
+fn check_key(key: &KeyRecord, req: &wire::AuthorizeRequest, now: i64) -> Result<(), Denial> {
+    match key.state(now) {
+        KeyState::Revoked => return Err(Denial::KeyRevoked),
+        KeyState::Expired => return Err(Denial::KeyExpired),
+        KeyState::Active => {}
+    }
+    if Vendor::parse(&req.vendor) != Some(key.vendor) {
+        return Err(Denial::WrongVendor {
+            key_vendor: key.vendor.as_str().into(),
+            route_vendor: req.vendor.clone(),
+        });
+    }
+    let in_scope =
+        Method::parse(&req.method).is_some_and(|m| any_matches(&key.scopes, m, &req.path));
+    if !in_scope {
+        return Err(Denial::OutOfScope {
+            method: req.method.clone(),
+            path: req.path.clone(),
+        });
+    }
+    if !req.stripe_account.is_empty()
+        && !key.allowed_accounts.is_empty()
+        && !key.allowed_accounts.contains(&req.stripe_account)
+    {
+        return Err(Denial::AccountNotAllowed);
+    }
+    Ok(())
+}
+
+fn deny(denial: &Denial, key: Option<wire::KeyMetadata>) -> wire::AuthorizeResponse {
+    wire::AuthorizeResponse {
+        verdict: Some(Verdict::Deny(denial.into())),
+        key,
+    }
+}
+
+fn metadata(key: &KeyRecord) -> wire::KeyMetadata {
+    wire::KeyMetadata {
+        key_id: key.id.clone(),
+        label: key.label.clone(),
+        vendor: key.vendor.as_str().into(),
+        allowed_endpoints: key.scopes.iter().map(ToString::to_string).collect(),
+        expires_at: key.expires_at,
+        revoked: key.revoked_at.is_some(),
+        allowed_accounts: key.allowed_accounts.clone(),
+        upstream_authorization: String::new(),
+        generation: 0,
+    }
+}
+
+fn settlement_from_wire(s: wire::SettleRequest, now_us: i64) -> Settlement {
+    Settlement {
+        outcome: wire::Outcome::try_from(s.outcome).unwrap_or(wire::Outcome::Uncertain),
+        call_id: s.call_id,
+        http_status: s.http_status,
+        request_id: s.request_id,
+        headers: s.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        body: s.body,
+        body_truncated: s.body_truncated,
+        latency_us: s.latency_us,
+        detail: s.detail,
+        now_us,
+    }
+}
+
+/// An audit entry from a record the filter sent, with the key's label filled in.
+fn entry_from_record(
+    ledger: &mut dyn Ledger,
+    labels: &mut HashMap<String, String>,
+    r: wire::CallRecord,
+    now_us: i64,
+) -> StoreResult<AuditEntry> {
+    let label = match (r.key_id.is_empty(), labels.get(&r.key_id)) {
+        (true, _) => String::new(),
+        (false, Some(l)) => l.clone(),
+        (false, None) => {
+            let l = ledger
+                .key_by_id(&r.key_id)?
+                .map(|k| k.label)
+                .unwrap_or_default();
+            labels.insert(r.key_id.clone(), l.clone());
+            l
+        }
+    };
+    let price = r.price.unwrap_or_default();
+    let outcome = match wire::Outcome::try_from(r.outcome).unwrap_or(wire::Outcome::Unspecified) {
+        wire::Outcome::Responded => "responded",
+        wire::Outcome::NotSent => "not_sent",
+        wire::Outcome::Uncertain => "uncertain",
+        wire::Outcome::Unspecified => "",
+    };
+    Ok(AuditEntry {
+        at_us: if r.at_us > 0 { r.at_us } else { now_us },
+        call_id: if r.call_id.is_empty() {
+            new_id("call")
+        } else {
+            r.call_id
+        },
+        stage: "call".into(),
+        key_id: r.key_id,
+        label,
+        vendor: r.vendor,
+        method: r.method,
+        path: r.path,
+        decision: r.decision,
+        reason: r.reason,
+        outcome: outcome.into(),
+        upstream_status: (r.http_status != 0).then_some(r.http_status),
+        amount_minor: (price.kind == Kind::Amount as i32 && !price.currency.is_empty())
+            .then_some(price.amount_minor),
+        currency: price.currency,
+        usd_micros: (price.kind == Kind::Free as i32).then_some(0),
+        price_basis: price.basis,
+        idempotency_key: r.idempotency_key,
+        forwarded_idempotency_key: String::new(),
+        fingerprint: r.fingerprint,
+        stripe_account: r.stripe_account,
+        request_id: r.request_id,
+        object_id: r.object_id,
+        latency_us: Some(r.latency_us),
+        detail: r.detail,
+    })
+}

@@ -1,0 +1,124 @@
+//! The audit log: its hash chain, its verification, and how a row is shown.
+
+pub mod chain;
+
+use serde::Serialize;
+
+use crate::clock::rfc3339_us;
+use crate::keys::usd_number;
+use crate::model::AuditRow;
+use crate::store::{Store, StoreResult};
+use keybrake_core::money::UsdMicros;
+
+/// One audit row as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct AuditView {
+    pub seq: i64,
+    pub object: &'static str,
+    pub at: String,
+    pub call_id: String,
+    pub stage: String,
+    pub key_id: String,
+    pub label: String,
+    pub vendor: String,
+    pub method: String,
+    pub path: String,
+    pub decision: String,
+    pub reason: String,
+    pub outcome: String,
+    pub upstream_status: Option<u32>,
+    pub amount: Option<i64>,
+    pub currency: String,
+    pub usd: Option<serde_json::Number>,
+    pub price_basis: String,
+    pub idempotency_key: String,
+    pub forwarded_idempotency_key: String,
+    pub fingerprint: String,
+    pub stripe_account: String,
+    pub request_id: String,
+    pub object_id: String,
+    pub latency_us: Option<u64>,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<&AuditRow> for AuditView {
+    fn from(r: &AuditRow) -> AuditView {
+        let e = &r.entry;
+        AuditView {
+            seq: r.seq,
+            object: "audit_record",
+            at: rfc3339_us(e.at_us),
+            call_id: e.call_id.clone(),
+            stage: e.stage.clone(),
+            key_id: e.key_id.clone(),
+            label: e.label.clone(),
+            vendor: e.vendor.clone(),
+            method: e.method.clone(),
+            path: e.path.clone(),
+            decision: e.decision.clone(),
+            reason: e.reason.clone(),
+            outcome: e.outcome.clone(),
+            upstream_status: e.upstream_status,
+            amount: e.amount_minor,
+            currency: e.currency.clone(),
+            usd: e.usd_micros.map(|m| usd_number(UsdMicros(m))),
+            price_basis: e.price_basis.clone(),
+            idempotency_key: e.idempotency_key.clone(),
+            forwarded_idempotency_key: e.forwarded_idempotency_key.clone(),
+            fingerprint: e.fingerprint.clone(),
+            stripe_account: e.stripe_account.clone(),
+            request_id: e.request_id.clone(),
+            object_id: e.object_id.clone(),
+            latency_us: e.latency_us,
+            detail: e.detail.clone(),
+            prev_hash: r.prev_hash.clone(),
+            hash: r.hash.clone(),
+        }
+    }
+}
+
+/// Result of walking the whole chain.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ChainReport {
+    pub ok: bool,
+    pub rows: i64,
+    pub head_hash: String,
+    pub broken_at_seq: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// Verifies the whole chain from the first row.
+pub async fn verify(store: &Store) -> StoreResult<ChainReport> {
+    const PAGE: usize = 5000;
+    let mut seq = 0;
+    let mut hash = chain::GENESIS.to_owned();
+    loop {
+        let rows = store.read(move |l| l.audit_rows(seq, PAGE)).await?;
+        if rows.is_empty() {
+            return Ok(ChainReport {
+                ok: true,
+                rows: seq,
+                head_hash: hash,
+                broken_at_seq: None,
+                reason: None,
+            });
+        }
+        match chain::verify_rows(seq, &hash, &rows) {
+            Ok((s, h)) => {
+                seq = s;
+                hash = h;
+            }
+            Err(b) => {
+                return Ok(ChainReport {
+                    ok: false,
+                    rows: seq,
+                    head_hash: hash,
+                    broken_at_seq: Some(b.seq),
+                    reason: Some(b.reason.into()),
+                })
+            }
+        }
+    }
+}

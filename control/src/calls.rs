@@ -1,0 +1,572 @@
+//! Beginning and settling calls that hold durable state: the atomic
+//! check-and-reserve of spend, the idempotency records that make retries
+//! safe, and the audit rows of both. Each function runs inside one store
+//! transaction (`Store::write`), so what it decides is what is stored.
+
+use keybrake_core::fingerprint::derived_idempotency_key;
+use keybrake_core::money::UsdMicros;
+
+use crate::denial::Denial;
+use crate::model::{
+    AuditEntry, Bucket, CallRow, CallState, IdemRecord, IdemState, KeyRecord, ObjectAmount,
+    StoredResponse,
+};
+use crate::store::{Ledger, StoreError, StoreResult};
+use crate::usd::{resolve, FxTable, Resolved};
+use crate::wire::{Outcome, Price};
+
+/// Everything `begin_call` needs, gathered before the transaction.
+#[derive(Debug, Clone)]
+pub struct CallPlan {
+    pub key: KeyRecord,
+    pub call_id: String,
+    pub now: i64,
+    pub day: i64,
+    pub price: Price,
+    pub fx: std::sync::Arc<FxTable>,
+    /// Hash of the upstream credential and `Stripe-Account`: idempotency is per upstream account.
+    pub account: String,
+    /// "POST /v1/charges".
+    pub endpoint: String,
+    pub fingerprint: String,
+    pub caller_key: String,
+    /// Whether money-moving calls of this key deduplicate by content.
+    pub record_ttl_secs: i64,
+    pub lease_secs: i64,
+    /// The decision's audit entry, without decision and amounts.
+    pub context: AuditEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begun {
+    Allowed {
+        call_id: String,
+        forwarded_key: String,
+    },
+    Replayed(StoredResponse),
+    Denied(Denial),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Caller,
+    Content,
+}
+
+/// What the existing idempotency records say about this call, worst first.
+enum Seen {
+    Mismatch,
+    InFlight,
+    Replay(StoredResponse),
+    Unreplayable,
+    Retry(IdemRecord),
+}
+
+/// Begins a call: prices it, applies idempotency, reserves its spend and
+/// writes its intent, all or nothing.
+pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun> {
+    let resolved = match resolve(ledger, &plan.price, &plan.fx)? {
+        Ok(r) => r,
+        Err(denial) => return deny(ledger, plan, None, denial),
+    };
+    let usd = resolved.usd();
+    if let Resolved::Unpriced { reason } = &resolved {
+        if plan.key.daily_cap.is_some() && !plan.key.allow_unpriced {
+            return deny(
+                ledger,
+                plan,
+                Some(&resolved),
+                Denial::UnpricedNotAllowed {
+                    reason: reason.clone(),
+                },
+            );
+        }
+    }
+    if let Some(limit) = plan.key.max_per_call {
+        if usd > limit {
+            return deny(
+                ledger,
+                plan,
+                Some(&resolved),
+                Denial::PerCallLimit { limit, amount: usd },
+            );
+        }
+    }
+
+    let moves_money =
+        !matches!(&resolved, Resolved::Priced { usd: UsdMicros(0), basis, .. } if basis == "free");
+    let ops = op_keys(plan, moves_money);
+    let mut existing: Vec<(OpKind, String, Option<IdemRecord>)> = Vec::new();
+    let mut seen: Option<Seen> = None;
+    for (kind, op_key) in ops {
+        let record = ledger
+            .idempotency(&plan.account, &op_key)?
+            .filter(|r| still_binding(r, kind, plan));
+        if let Some(r) = &record {
+            let verdict = judge(r, kind, plan);
+            if seen.as_ref().is_none_or(|s| rank(&verdict) < rank(s)) {
+                seen = Some(verdict);
+            }
+        }
+        existing.push((kind, op_key, record));
+    }
+
+    let mut retry: Option<IdemRecord> = None;
+    match seen {
+        Some(Seen::Mismatch) => {
+            return deny(ledger, plan, Some(&resolved), Denial::IdempotencyMismatch)
+        }
+        Some(Seen::InFlight) => {
+            return deny(ledger, plan, Some(&resolved), Denial::IdempotencyInUse)
+        }
+        Some(Seen::Unreplayable) => {
+            return deny(ledger, plan, Some(&resolved), Denial::ReplayUnavailable)
+        }
+        Some(Seen::Replay(response)) => {
+            // The caller's key now names this completed operation too, as it would at Stripe.
+            for (kind, op_key, record) in &existing {
+                if *kind == OpKind::Caller && record.is_none() {
+                    let bound = IdemRecord {
+                        account: plan.account.clone(),
+                        op_key: op_key.clone(),
+                        fingerprint: plan.fingerprint.clone(),
+                        endpoint: plan.endpoint.clone(),
+                        state: IdemState::Done,
+                        call_id: plan.call_id.clone(),
+                        forwarded_key: String::new(),
+                        created_at: plan.now,
+                        expires_at: plan.now + plan.record_ttl_secs,
+                        lease_expires_at: 0,
+                        response: Some(response.clone()),
+                    };
+                    match ledger.idempotency(&plan.account, op_key)? {
+                        Some(_) => ledger.update_idempotency(&bound)?,
+                        None => ledger.insert_idempotency(&bound)?,
+                    }
+                }
+            }
+            let mut entry = entry_for(plan, Some(&resolved), "replayed", "");
+            entry.stage = "call".into();
+            entry.upstream_status = Some(response.status);
+            ledger.append_audit(&entry)?;
+            return Ok(Begun::Replayed(response));
+        }
+        Some(Seen::Retry(record)) => retry = Some(record),
+        None => {}
+    }
+
+    // A retry of an operation whose outcome is uncertain goes out with the same
+    // upstream idempotency key and takes over the amount already counted for it.
+    let earlier = match &retry {
+        Some(record) => ledger.call(&record.call_id)?,
+        None => None,
+    };
+    let (key_id, day, amount, bucket) = match &earlier {
+        Some(old) => {
+            ledger.set_call_state(&old.call_id, CallState::Superseded, old.bucket, plan.now)?;
+            (old.key_id.clone(), old.day, old.amount_micros, old.bucket)
+        }
+        None => {
+            if usd.0 > 0
+                && !ledger.reserve(
+                    &plan.key.id,
+                    plan.day,
+                    usd.0,
+                    plan.key.daily_cap.map(|c| c.0),
+                )?
+            {
+                let spend = ledger.spend(&plan.key.id, plan.day)?;
+                let cap = plan.key.daily_cap.unwrap_or(UsdMicros(0));
+                return deny(
+                    ledger,
+                    plan,
+                    Some(&resolved),
+                    Denial::CapExceeded {
+                        cap,
+                        spend,
+                        amount: usd,
+                    },
+                );
+            }
+            (plan.key.id.clone(), plan.day, usd.0, Bucket::Reserved)
+        }
+    };
+    let forwarded_key = match &retry {
+        Some(record) => record.forwarded_key.clone(),
+        None if existing.iter().any(|(k, _, _)| *k == OpKind::Content) => {
+            derived_idempotency_key(&plan.fingerprint, &plan.call_id)
+        }
+        None => plan.caller_key.clone(),
+    };
+
+    for (_, op_key, record) in &existing {
+        let fresh = IdemRecord {
+            account: plan.account.clone(),
+            op_key: op_key.clone(),
+            fingerprint: plan.fingerprint.clone(),
+            endpoint: plan.endpoint.clone(),
+            state: IdemState::InFlight,
+            call_id: plan.call_id.clone(),
+            forwarded_key: forwarded_key.clone(),
+            created_at: plan.now,
+            expires_at: plan.now + plan.record_ttl_secs.max(plan.key.dedup_window_secs),
+            lease_expires_at: plan.now + plan.lease_secs,
+            response: None,
+        };
+        match record {
+            Some(old) if old.state == IdemState::Uncertain || old.state == IdemState::InFlight => {
+                ledger.update_idempotency(&IdemRecord {
+                    created_at: old.created_at,
+                    expires_at: old.expires_at,
+                    ..fresh
+                })?
+            }
+            // A record that no longer binds (expired, outside the dedup window) is replaced.
+            _ => match ledger.idempotency(&plan.account, op_key)? {
+                Some(_) => ledger.update_idempotency(&fresh)?,
+                None => ledger.insert_idempotency(&fresh)?,
+            },
+        }
+    }
+
+    let mut entry = entry_for(plan, Some(&resolved), "allowed", "");
+    entry.stage = "intent".into();
+    entry.forwarded_idempotency_key = forwarded_key.clone();
+    if retry.is_some() {
+        entry.reason = "retry_of_uncertain_call".into();
+    }
+    ledger.insert_call(&CallRow {
+        call_id: plan.call_id.clone(),
+        key_id,
+        day,
+        amount_micros: amount,
+        bucket,
+        state: CallState::Pending,
+        unpriced: matches!(resolved, Resolved::Unpriced { .. }),
+        created_at: plan.now,
+        lease_expires_at: plan.now + plan.lease_secs,
+        context: entry.clone(),
+    })?;
+    ledger.append_audit(&entry)?;
+    Ok(Begun::Allowed {
+        call_id: plan.call_id.clone(),
+        forwarded_key,
+    })
+}
+
+/// The records a call is identified by: the caller's key (Stripe's
+/// semantics) and, for money-moving calls of content-dedup keys, its content.
+fn op_keys(plan: &CallPlan, moves_money: bool) -> Vec<(OpKind, String)> {
+    let mut ops = Vec::new();
+    if !plan.caller_key.is_empty() {
+        ops.push((OpKind::Caller, format!("idem:{}", plan.caller_key)));
+    }
+    if moves_money && plan.key.dedup == crate::model::DedupMode::Content {
+        ops.push((OpKind::Content, format!("content:{}", plan.fingerprint)));
+    }
+    ops
+}
+
+/// Whether a stored record still decides this call. Finished records end:
+/// caller keys after their time to live, content after the key's dedup window.
+fn still_binding(r: &IdemRecord, kind: OpKind, plan: &CallPlan) -> bool {
+    if r.state != IdemState::Done {
+        return true;
+    }
+    match kind {
+        OpKind::Caller => r.expires_at > plan.now,
+        OpKind::Content => r.created_at + plan.key.dedup_window_secs > plan.now,
+    }
+}
+
+fn judge(r: &IdemRecord, kind: OpKind, plan: &CallPlan) -> Seen {
+    if kind == OpKind::Caller && (r.fingerprint != plan.fingerprint || r.endpoint != plan.endpoint)
+    {
+        return Seen::Mismatch;
+    }
+    match (r.state, &r.response) {
+        (IdemState::InFlight, _) if r.lease_expires_at > plan.now => Seen::InFlight,
+        // A lapsed lease means the gateway that held it never settled: the outcome is unknown.
+        (IdemState::InFlight | IdemState::Uncertain, _) => Seen::Retry(r.clone()),
+        (IdemState::Done, Some(resp)) => Seen::Replay(resp.clone()),
+        (IdemState::Done, None) => Seen::Unreplayable,
+    }
+}
+
+fn rank(s: &Seen) -> u8 {
+    match s {
+        Seen::Mismatch => 0,
+        Seen::InFlight => 1,
+        Seen::Replay(_) => 2,
+        Seen::Unreplayable => 3,
+        Seen::Retry(_) => 4,
+    }
+}
+
+fn deny(
+    ledger: &mut dyn Ledger,
+    plan: &CallPlan,
+    resolved: Option<&Resolved>,
+    denial: Denial,
+) -> StoreResult<Begun> {
+    let mut entry = entry_for(plan, resolved, "denied", denial.code());
+    entry.stage = "call".into();
+    entry.outcome = "not_sent".into();
+    ledger.append_audit(&entry)?;
+    Ok(Begun::Denied(denial))
+}
+
+fn entry_for(
+    plan: &CallPlan,
+    resolved: Option<&Resolved>,
+    decision: &str,
+    reason: &str,
+) -> AuditEntry {
+    let mut e = plan.context.clone();
+    e.call_id = plan.call_id.clone();
+    e.decision = decision.into();
+    e.reason = reason.into();
+    match resolved {
+        Some(Resolved::Priced {
+            usd,
+            minor,
+            currency,
+            basis,
+        }) => {
+            e.usd_micros = Some(usd.0);
+            if !currency.is_empty() {
+                e.amount_minor = Some(*minor);
+                e.currency = currency.clone();
+            }
+            e.price_basis = basis.clone();
+        }
+        Some(Resolved::Unpriced { reason }) => e.price_basis = format!("unpriced: {reason}"),
+        None => {}
+    }
+    e
+}
+
+/// The outcome of a call as the gateway saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Settlement {
+    pub call_id: String,
+    pub outcome: Outcome,
+    pub http_status: u32,
+    pub request_id: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub body_truncated: bool,
+    pub latency_us: u64,
+    pub detail: String,
+    pub now_us: i64,
+}
+
+/// What a settlement does to the money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The upstream did it (2xx): the amount is spent.
+    Committed,
+    /// The upstream refused it (4xx): nothing moved, the response stands.
+    Refused,
+    /// Never executed (not sent, rate limited, idempotency conflict upstream): as if it never happened.
+    NotExecuted,
+    /// Unknown (reset, timeout, 5xx): stays counted, marked uncertain.
+    Uncertain,
+}
+
+fn verdict(s: &Settlement) -> Verdict {
+    match s.outcome {
+        Outcome::NotSent => Verdict::NotExecuted,
+        Outcome::Uncertain | Outcome::Unspecified => Verdict::Uncertain,
+        Outcome::Responded => match s.http_status {
+            200..=299 => Verdict::Committed,
+            409 | 429 => Verdict::NotExecuted,
+            400..=499 => Verdict::Refused,
+            _ => Verdict::Uncertain,
+        },
+    }
+}
+
+/// Settles a call. Settling twice (a retried or orphaned settlement) changes nothing.
+pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<()> {
+    let Some(call) = ledger.call(&s.call_id)? else {
+        return Ok(());
+    };
+    if call.state != CallState::Pending {
+        return Ok(());
+    }
+    let v = verdict(s);
+    let object = if v == Verdict::Committed {
+        parse_object(&s.body, s.now_us / 1_000_000)
+    } else {
+        None
+    };
+    let mut amount = call.amount_micros;
+    let (state, bucket) = match v {
+        Verdict::Committed => {
+            // An unpriced call is counted after the fact, from what Stripe says it moved.
+            if call.unpriced {
+                if let Some(extra) = object.as_ref().and_then(object_usd) {
+                    ledger.reserve(&call.key_id, call.day, extra, None)?;
+                    ledger.move_spend(
+                        &call.key_id,
+                        call.day,
+                        extra,
+                        Bucket::Reserved,
+                        Some(Bucket::Committed),
+                    )?;
+                    amount += extra;
+                }
+            }
+            ledger.move_spend(
+                &call.key_id,
+                call.day,
+                call.amount_micros,
+                call.bucket,
+                Some(Bucket::Committed),
+            )?;
+            (CallState::Committed, Bucket::Committed)
+        }
+        Verdict::Refused | Verdict::NotExecuted => {
+            ledger.move_spend(
+                &call.key_id,
+                call.day,
+                call.amount_micros,
+                call.bucket,
+                None,
+            )?;
+            (CallState::Released, call.bucket)
+        }
+        Verdict::Uncertain => {
+            if call.bucket != Bucket::Uncertain {
+                ledger.move_spend(
+                    &call.key_id,
+                    call.day,
+                    call.amount_micros,
+                    call.bucket,
+                    Some(Bucket::Uncertain),
+                )?;
+            }
+            (CallState::Uncertain, Bucket::Uncertain)
+        }
+    };
+    ledger.set_call_state(&call.call_id, state, bucket, s.now_us / 1_000_000)?;
+
+    let response = (!s.body_truncated).then(|| StoredResponse {
+        status: s.http_status,
+        headers: s.headers.clone(),
+        body: s.body.clone(),
+    });
+    for mut record in ledger.idempotency_for_call(&call.call_id)? {
+        let is_content = record.op_key.starts_with("content:");
+        match v {
+            Verdict::Committed => {
+                record.state = IdemState::Done;
+                record.response = response.clone();
+                ledger.update_idempotency(&record)?;
+            }
+            // Stripe keeps a refusal under the caller's key; a content record is
+            // dropped so the same request can be tried again (say, with a new card).
+            Verdict::Refused if !is_content => {
+                record.state = IdemState::Done;
+                record.response = response.clone();
+                ledger.update_idempotency(&record)?;
+            }
+            Verdict::Refused | Verdict::NotExecuted => {
+                ledger.delete_idempotency(&record.account, &record.op_key)?
+            }
+            Verdict::Uncertain => {
+                record.state = IdemState::Uncertain;
+                record.lease_expires_at = 0;
+                ledger.update_idempotency(&record)?;
+            }
+        }
+    }
+    if let Some(o) = &object {
+        ledger.put_object(o)?;
+    }
+
+    let mut entry = call.context.clone();
+    entry.stage = "outcome".into();
+    entry.at_us = s.now_us;
+    entry.reason = match v {
+        Verdict::Committed => "committed",
+        Verdict::Refused => "refused_upstream",
+        Verdict::NotExecuted => "not_executed",
+        Verdict::Uncertain => "outcome_uncertain",
+    }
+    .into();
+    entry.outcome = match s.outcome {
+        Outcome::Responded => "responded",
+        Outcome::NotSent => "not_sent",
+        _ => "uncertain",
+    }
+    .into();
+    entry.upstream_status = (s.http_status != 0).then_some(s.http_status);
+    entry.request_id = s.request_id.clone();
+    entry.object_id = object
+        .as_ref()
+        .map(|o| o.object_id.clone())
+        .or_else(|| object_id(&s.body))
+        .unwrap_or_default();
+    entry.latency_us = Some(s.latency_us);
+    entry.detail = s.detail.clone();
+    if call.unpriced {
+        entry.usd_micros = Some(amount);
+    }
+    ledger.append_audit(&entry).map(|_| ())
+}
+
+/// Pending calls whose gateway never settled them become uncertain: the
+/// money may have moved, so it stays counted.
+pub fn expire_leases(ledger: &mut dyn Ledger, now_us: i64) -> StoreResult<usize> {
+    let stale = ledger.expired_pending_calls(now_us / 1_000_000, 1000)?;
+    for call in &stale {
+        settle_call(
+            ledger,
+            &Settlement {
+                call_id: call.call_id.clone(),
+                outcome: Outcome::Uncertain,
+                detail: "lease_expired".into(),
+                now_us,
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(stale.len())
+}
+
+/// `id`, `currency` and the amount of a Stripe object in a JSON response.
+fn parse_object(body: &[u8], now: i64) -> Option<ObjectAmount> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let id = v.get("id")?.as_str()?.to_owned();
+    let currency = v.get("currency")?.as_str()?.to_ascii_lowercase();
+    let amount = ["amount", "amount_due", "amount_remaining"]
+        .iter()
+        .find_map(|k| v.get(*k)?.as_i64())?;
+    Some(ObjectAmount {
+        object_id: id,
+        currency,
+        amount_minor: amount,
+        seen_at: now,
+    })
+}
+
+fn object_id(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("id")?.as_str().map(str::to_owned)
+}
+
+/// USD value of a USD-denominated object (other currencies need the FX table,
+/// which settlement does not consult; unpriced calls in them stay at zero).
+fn object_usd(o: &ObjectAmount) -> Option<i64> {
+    (o.currency == "usd")
+        .then(|| o.amount_minor.checked_mul(10_000))
+        .flatten()
+}
+
+impl From<StoreError> for Denial {
+    fn from(_: StoreError) -> Denial {
+        Denial::StorageUnavailable
+    }
+}

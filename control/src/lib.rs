@@ -1,0 +1,21 @@
+//! Keybrake's control service: the vault that holds the real vendor keys,
+//! the ledger of spend against each vault key's cap, the idempotency records
+//! that make retries safe, and the hash-chained audit log. It serves gRPC to
+//! the filter in Envoy and the admin HTTP API.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod calls;
+pub mod clock;
+pub mod denial;
+pub mod grpc;
+pub mod ids;
+pub mod keys;
+pub mod model;
+pub mod secrets;
+pub mod serve;
+pub mod store;
+pub mod usd;
+pub mod wire;

@@ -1,0 +1,183 @@
+//! Storage: one trait, [`Ledger`], with the operations the domain needs inside
+//! one transaction, implemented by each backend. The domain code (calls,
+//! keys, audit) is written once against `&mut dyn Ledger`; [`Store`] runs it
+//! on the right connection: [`Store::write`] in a durable transaction,
+//! [`Store::read`] on a read-only connection.
+
+pub mod sqlite;
+
+use std::future::Future;
+
+use crate::audit::chain;
+use crate::model::{
+    AuditEntry, AuditRow, Bucket, CallRow, CallState, FxRate, IdemRecord, KeyRecord, ObjectAmount,
+    Spend,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the operation (disk full, read-only, gone).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Two replicas raced on the same row; the operation may be retried.
+    #[error("storage conflict: {0}")]
+    Conflict(String),
+    /// Stored data that does not decode (a bug or a tampered row).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which keys to list.
+#[derive(Debug, Clone, Default)]
+pub struct KeyQuery {
+    pub label_prefix: Option<String>,
+    pub limit: usize,
+    /// Keyset cursor: ids after this one, in id order.
+    pub after_id: Option<String>,
+}
+
+/// Which keys to revoke.
+#[derive(Debug, Clone)]
+pub enum RevokeSelector {
+    Id(String),
+    LabelPrefix(String),
+}
+
+/// Filters of the audit log. Empty fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub key_id: Option<String>,
+    pub label_prefix: Option<String>,
+    /// Matches the caller's or the forwarded idempotency key.
+    pub idempotency_key: Option<String>,
+    pub fingerprint: Option<String>,
+    pub object_id: Option<String>,
+    pub decision: Option<String>,
+    pub call_id: Option<String>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    /// Keyset cursor: rows strictly after (ascending) or before (descending) this sequence number.
+    pub cursor: Option<i64>,
+    pub ascending: bool,
+    pub limit: usize,
+}
+
+/// The operations on stored state, all inside the caller's transaction.
+pub trait Ledger {
+    fn insert_key(&mut self, key: &KeyRecord) -> StoreResult<()>;
+    fn key_by_hash(&mut self, hash: &[u8; 32]) -> StoreResult<Option<KeyRecord>>;
+    fn key_by_id(&mut self, id: &str) -> StoreResult<Option<KeyRecord>>;
+    fn list_keys(&mut self, query: &KeyQuery) -> StoreResult<Vec<KeyRecord>>;
+    /// Revokes the selected active keys; returns the ids revoked now.
+    fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<String>>;
+
+    fn spend(&mut self, key_id: &str, day: i64) -> StoreResult<Spend>;
+    fn spend_by_key(&mut self, day: i64) -> StoreResult<Vec<(String, Spend)>>;
+    /// Check-and-reserve in one atomic statement: adds `amount` to the day's
+    /// reserved spend only if committed + reserved + uncertain + amount <= cap.
+    fn reserve(
+        &mut self,
+        key_id: &str,
+        day: i64,
+        amount: i64,
+        cap: Option<i64>,
+    ) -> StoreResult<bool>;
+    /// Moves `amount` out of `from` into `to` (`None` releases it).
+    fn move_spend(
+        &mut self,
+        key_id: &str,
+        day: i64,
+        amount: i64,
+        from: Bucket,
+        to: Option<Bucket>,
+    ) -> StoreResult<()>;
+
+    fn insert_call(&mut self, call: &CallRow) -> StoreResult<()>;
+    fn call(&mut self, call_id: &str) -> StoreResult<Option<CallRow>>;
+    fn set_call_state(
+        &mut self,
+        call_id: &str,
+        state: CallState,
+        bucket: Bucket,
+        at: i64,
+    ) -> StoreResult<()>;
+    /// Pending calls whose lease ran out (their gateway never settled them).
+    fn expired_pending_calls(&mut self, now: i64, limit: usize) -> StoreResult<Vec<CallRow>>;
+
+    fn idempotency(&mut self, account: &str, op_key: &str) -> StoreResult<Option<IdemRecord>>;
+    /// Inserts a new record; `Conflict` if one exists (another replica won the race).
+    fn insert_idempotency(&mut self, record: &IdemRecord) -> StoreResult<()>;
+    /// Replaces an existing record (after reading it in this transaction).
+    fn update_idempotency(&mut self, record: &IdemRecord) -> StoreResult<()>;
+    fn delete_idempotency(&mut self, account: &str, op_key: &str) -> StoreResult<()>;
+    fn idempotency_for_call(&mut self, call_id: &str) -> StoreResult<Vec<IdemRecord>>;
+    fn purge_idempotency(&mut self, now: i64) -> StoreResult<u64>;
+
+    fn object(&mut self, object_id: &str) -> StoreResult<Option<ObjectAmount>>;
+    fn put_object(&mut self, object: &ObjectAmount) -> StoreResult<()>;
+
+    fn fx_rates(&mut self) -> StoreResult<Vec<FxRate>>;
+    fn put_fx_rate(&mut self, rate: &FxRate, at: i64) -> StoreResult<()>;
+
+    /// The last row of the audit chain as (seq, hash); `(0, GENESIS)` when empty.
+    /// Backends shared by several writers lock the head here.
+    fn audit_head(&mut self) -> StoreResult<(i64, String)>;
+    fn insert_audit(&mut self, row: &AuditRow) -> StoreResult<()>;
+    fn query_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditRow>>;
+    /// Rows in chain order after `after_seq`.
+    fn audit_rows(&mut self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>>;
+
+    fn ping(&mut self) -> StoreResult<()>;
+
+    /// Appends an entry to the hash chain.
+    fn append_audit(&mut self, entry: &AuditEntry) -> StoreResult<AuditRow> {
+        let (seq, prev) = self.audit_head()?;
+        let seq = seq + 1;
+        let row = AuditRow {
+            seq,
+            hash: chain::link(&prev, seq, entry),
+            prev_hash: prev,
+            entry: entry.clone(),
+        };
+        self.insert_audit(&row)?;
+        Ok(row)
+    }
+}
+
+/// The configured backend.
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Store {
+    /// Runs `f` in a transaction that is durable (fsync'd) before the result is returned.
+    /// If `f` fails, its changes are rolled back.
+    pub fn write<T, F>(&self, f: F) -> impl Future<Output = StoreResult<T>> + Send + 'static
+    where
+        F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => s.write(f),
+        }
+    }
+
+    /// Runs `f` on a read-only connection.
+    pub fn read<T, F>(&self, f: F) -> impl Future<Output = StoreResult<T>> + Send + 'static
+    where
+        F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self {
+            Store::Sqlite(s) => s.read(f),
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+}

@@ -1,0 +1,828 @@
+//! SQLite backend: one writer thread that group-commits (many transactions'
+//! worth of work per fsync, each isolated by a savepoint), plus a pool of
+//! read-only connections. WAL mode with `synchronous=FULL`: when `write`
+//! returns, the change is on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use tokio::sync::oneshot;
+
+use super::{AuditQuery, KeyQuery, Ledger, RevokeSelector, StoreError, StoreResult};
+use crate::audit::chain::GENESIS;
+use crate::model::{
+    AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState,
+    KeyRecord, ObjectAmount, Spend, StoredResponse,
+};
+
+mod migrations {
+    refinery::embed_migrations!("migrations/sqlite");
+}
+
+/// Most transactions folded into one commit.
+const MAX_GROUP: usize = 512;
+const READERS: usize = 4;
+
+/// A unit of work for the writer thread.
+trait WriteJob: Send {
+    /// Runs the work; false when it failed (its savepoint is rolled back).
+    fn run(&mut self, ledger: &mut dyn Ledger) -> bool;
+    fn fail(&mut self, error: StoreError);
+    /// Delivers the result once the group's commit is known.
+    fn finish(self: Box<Self>, commit: StoreResult<()>);
+}
+
+struct TypedJob<T, F> {
+    work: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> WriteJob for TypedJob<T, F>
+where
+    F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send,
+    T: Send,
+{
+    fn run(&mut self, ledger: &mut dyn Ledger) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = work(ledger);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn fail(&mut self, error: StoreError) {
+        self.result = Some(Err(error));
+    }
+
+    fn finish(self: Box<Self>, commit: StoreResult<()>) {
+        let result = match (commit, self.result) {
+            (Err(e), Some(Ok(_))) | (Err(e), None) => Err(e),
+            (_, Some(r)) => r,
+            (Ok(()), None) => Err(StoreError::Unavailable("the write was not run".into())),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    readers: Arc<ReaderPool>,
+}
+
+/// Read-only connections, opened on demand and kept for reuse.
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn take(&self) -> StoreResult<Connection> {
+        if let Some(conn) = self.idle.lock().map_err(unavailable)?.pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(unavailable)?;
+        conn.execute_batch("PRAGMA busy_timeout=5000;")
+            .map_err(unavailable)?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn sql_error(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let mut conn = Connection::open(path).map_err(unavailable)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(unavailable)?;
+        migrations::migrations::runner()
+            .run(&mut conn)
+            .map_err(|e| unavailable(format!("migrations: {e}")))?;
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
+        thread::Builder::new()
+            .name("keybrake-sqlite-writer".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(unavailable)?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(ReaderPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn write<T, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
+    where
+        F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.writer.send(Box::new(TypedJob {
+            work: Some(f),
+            result: None,
+            reply,
+        }));
+        async move {
+            sent.map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?
+        }
+    }
+
+    pub fn read<T, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
+    where
+        F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let readers = self.readers.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = readers.take()?;
+                let result = f(&mut SqliteLedger { conn: &conn });
+                readers.give_back(conn);
+                result
+            })
+            .await
+            .map_err(unavailable)?
+        }
+    }
+}
+
+fn run_writer(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = unavailable(e);
+            for job in jobs {
+                job.finish(Err(StoreError::Unavailable(e.to_string())));
+            }
+            continue;
+        }
+        for job in jobs.iter_mut() {
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                job.fail(unavailable(e));
+                continue;
+            }
+            let ok = job.run(&mut SqliteLedger { conn: &conn });
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                job.fail(unavailable(e));
+            }
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(unavailable);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for job in jobs {
+            let c = match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            };
+            job.finish(c);
+        }
+    }
+}
+
+struct SqliteLedger<'c> {
+    conn: &'c Connection,
+}
+
+const KEY_COLUMNS: &str = "id, key_hash, label, vendor, allowed_endpoints, allowed_accounts, daily_cap_micros, \
+    max_per_call_micros, allow_unpriced, dedup_mode, dedup_window_secs, created_at, expires_at, revoked_at";
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let hash: Vec<u8> = row.get(1)?;
+    let scopes: String = row.get(4)?;
+    let accounts: String = row.get(5)?;
+    let vendor: String = row.get(3)?;
+    let dedup: String = row.get(9)?;
+    let corrupt = |what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            what.to_owned().into(),
+        )
+    };
+    Ok(KeyRecord {
+        id: row.get(0)?,
+        key_hash: hash.try_into().map_err(|_| corrupt("key_hash"))?,
+        label: row.get(2)?,
+        vendor: keybrake_core::vendor::Vendor::parse(&vendor).ok_or_else(|| corrupt("vendor"))?,
+        scopes: serde_json::from_str::<Vec<String>>(&scopes)
+            .map_err(|_| corrupt("allowed_endpoints"))?
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| corrupt("allowed_endpoints"))?,
+        allowed_accounts: serde_json::from_str(&accounts)
+            .map_err(|_| corrupt("allowed_accounts"))?,
+        daily_cap: row
+            .get::<_, Option<i64>>(6)?
+            .map(keybrake_core::money::UsdMicros),
+        max_per_call: row
+            .get::<_, Option<i64>>(7)?
+            .map(keybrake_core::money::UsdMicros),
+        allow_unpriced: row.get(8)?,
+        dedup: DedupMode::parse(&dedup).ok_or_else(|| corrupt("dedup_mode"))?,
+        dedup_window_secs: row.get(10)?,
+        created_at: row.get(11)?,
+        expires_at: row.get(12)?,
+        revoked_at: row.get(13)?,
+    })
+}
+
+fn bucket_name(b: Bucket) -> &'static str {
+    match b {
+        Bucket::Reserved => "reserved",
+        Bucket::Committed => "committed",
+        Bucket::Uncertain => "uncertain",
+    }
+}
+
+fn parse_bucket(s: &str) -> Bucket {
+    match s {
+        "committed" => Bucket::Committed,
+        "uncertain" => Bucket::Uncertain,
+        _ => Bucket::Reserved,
+    }
+}
+
+const CALL_COLUMNS: &str =
+    "call_id, key_id, day, amount_micros, bucket, state, unpriced, created_at, lease_expires_at, context";
+
+fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
+    let bucket: String = row.get(4)?;
+    let state: String = row.get(5)?;
+    let context: String = row.get(9)?;
+    Ok(CallRow {
+        call_id: row.get(0)?,
+        key_id: row.get(1)?,
+        day: row.get(2)?,
+        amount_micros: row.get(3)?,
+        bucket: parse_bucket(&bucket),
+        state: CallState::parse(&state),
+        unpriced: row.get(6)?,
+        created_at: row.get(7)?,
+        lease_expires_at: row.get(8)?,
+        context: serde_json::from_str(&context).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+    })
+}
+
+const IDEM_COLUMNS: &str =
+    "account, op_key, fingerprint, endpoint, state, call_id, forwarded_key, created_at, \
+    expires_at, lease_expires_at, status, headers, body";
+
+fn idem_from_row(row: &Row<'_>) -> rusqlite::Result<IdemRecord> {
+    let state: String = row.get(4)?;
+    let status: Option<u32> = row.get(10)?;
+    let headers: Option<String> = row.get(11)?;
+    let body: Option<Vec<u8>> = row.get(12)?;
+    let response = status.map(|status| StoredResponse {
+        status,
+        headers: headers
+            .and_then(|h| serde_json::from_str(&h).ok())
+            .unwrap_or_default(),
+        body: body.unwrap_or_default(),
+    });
+    Ok(IdemRecord {
+        account: row.get(0)?,
+        op_key: row.get(1)?,
+        fingerprint: row.get(2)?,
+        endpoint: row.get(3)?,
+        state: IdemState::parse(&state),
+        call_id: row.get(5)?,
+        forwarded_key: row.get(6)?,
+        created_at: row.get(7)?,
+        expires_at: row.get(8)?,
+        lease_expires_at: row.get(9)?,
+        response,
+    })
+}
+
+fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<AuditRow> {
+    let entry: String = row.get(3)?;
+    Ok(AuditRow {
+        seq: row.get(0)?,
+        prev_hash: row.get(1)?,
+        hash: row.get(2)?,
+        entry: serde_json::from_str::<AuditEntry>(&entry).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Ledger for SqliteLedger<'_> {
+    fn insert_key(&mut self, key: &KeyRecord) -> StoreResult<()> {
+        let scopes: Vec<String> = key.scopes.iter().map(ToString::to_string).collect();
+        self.conn
+            .prepare_cached(&format!("INSERT INTO vault_keys ({KEY_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"))
+            .and_then(|mut s| {
+                s.execute(params![
+                    key.id,
+                    key.key_hash.as_slice(),
+                    key.label,
+                    key.vendor.as_str(),
+                    to_json(&scopes).unwrap_or_default(),
+                    to_json(&key.allowed_accounts).unwrap_or_default(),
+                    key.daily_cap.map(|c| c.0),
+                    key.max_per_call.map(|c| c.0),
+                    key.allow_unpriced,
+                    key.dedup.as_str(),
+                    key.dedup_window_secs,
+                    key.created_at,
+                    key.expires_at,
+                    key.revoked_at,
+                ])
+            })
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn key_by_hash(&mut self, hash: &[u8; 32]) -> StoreResult<Option<KeyRecord>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM vault_keys WHERE key_hash = ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![hash.as_slice()], key_from_row)
+                    .optional()
+            })
+            .map_err(sql_error)
+    }
+
+    fn key_by_id(&mut self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = ?1"
+            ))
+            .and_then(|mut s| s.query_row(params![id], key_from_row).optional())
+            .map_err(sql_error)
+    }
+
+    fn list_keys(&mut self, query: &KeyQuery) -> StoreResult<Vec<KeyRecord>> {
+        let prefix = query.label_prefix.clone().unwrap_or_default();
+        let after = query.after_id.clone().unwrap_or_default();
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM vault_keys WHERE substr(label, 1, length(?1)) = ?1 AND id > ?2 \
+                 ORDER BY id LIMIT ?3"
+            ))
+            .and_then(|mut s| {
+                s.query_map(params![prefix, after, query.limit as i64], key_from_row)?.collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql_error)
+    }
+
+    fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<String>> {
+        let (sql, arg) = match selector {
+            RevokeSelector::Id(id) => ("UPDATE vault_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL RETURNING id", id),
+            RevokeSelector::LabelPrefix(p) => (
+                "UPDATE vault_keys SET revoked_at = ?2 WHERE substr(label, 1, length(?1)) = ?1 AND revoked_at IS NULL RETURNING id",
+                p,
+            ),
+        };
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.query_map(params![arg, at], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(sql_error)
+    }
+
+    fn spend(&mut self, key_id: &str, day: i64) -> StoreResult<Spend> {
+        self.conn
+            .prepare_cached(
+                "SELECT committed_micros, reserved_micros, uncertain_micros FROM daily_spend WHERE key_id = ?1 AND day = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key_id, day], |r| {
+                    Ok(Spend { committed: r.get(0)?, reserved: r.get(1)?, uncertain: r.get(2)? })
+                })
+                .optional()
+            })
+            .map(Option::unwrap_or_default)
+            .map_err(sql_error)
+    }
+
+    fn spend_by_key(&mut self, day: i64) -> StoreResult<Vec<(String, Spend)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT key_id, committed_micros, reserved_micros, uncertain_micros FROM daily_spend WHERE day = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![day], |r| {
+                    Ok((r.get(0)?, Spend { committed: r.get(1)?, reserved: r.get(2)?, uncertain: r.get(3)? }))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql_error)
+    }
+
+    fn reserve(
+        &mut self,
+        key_id: &str,
+        day: i64,
+        amount: i64,
+        cap: Option<i64>,
+    ) -> StoreResult<bool> {
+        // One statement: the row is created if missing and the amount added only
+        // if the cap holds; the WHERE of the upsert is the check.
+        let changed = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO daily_spend (key_id, day, reserved_micros) SELECT ?1, ?2, ?3 WHERE ?4 IS NULL OR ?3 <= ?4 \
+                 ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros \
+                 WHERE ?4 IS NULL OR committed_micros + reserved_micros + uncertain_micros + excluded.reserved_micros <= ?4",
+            )
+            .and_then(|mut s| s.execute(params![key_id, day, amount, cap]))
+            .map_err(sql_error)?;
+        Ok(changed == 1)
+    }
+
+    fn move_spend(
+        &mut self,
+        key_id: &str,
+        day: i64,
+        amount: i64,
+        from: Bucket,
+        to: Option<Bucket>,
+    ) -> StoreResult<()> {
+        let sql = match to {
+            Some(to) => format!(
+                "UPDATE daily_spend SET {f} = {f} - ?3, {t} = {t} + ?3 WHERE key_id = ?1 AND day = ?2",
+                f = from.column(),
+                t = to.column()
+            ),
+            None => format!("UPDATE daily_spend SET {f} = {f} - ?3 WHERE key_id = ?1 AND day = ?2", f = from.column()),
+        };
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(params![key_id, day, amount]))
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn insert_call(&mut self, call: &CallRow) -> StoreResult<()> {
+        let context = to_json(&call.context)?;
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT INTO calls ({CALL_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    call.call_id,
+                    call.key_id,
+                    call.day,
+                    call.amount_micros,
+                    bucket_name(call.bucket),
+                    call.state.as_str(),
+                    call.unpriced,
+                    call.created_at,
+                    call.lease_expires_at,
+                    context,
+                ])
+            })
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn call(&mut self, call_id: &str) -> StoreResult<Option<CallRow>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1"
+            ))
+            .and_then(|mut s| s.query_row(params![call_id], call_from_row).optional())
+            .map_err(sql_error)
+    }
+
+    fn set_call_state(
+        &mut self,
+        call_id: &str,
+        state: CallState,
+        bucket: Bucket,
+        at: i64,
+    ) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE calls SET state = ?2, bucket = ?3, settled_at = ?4 WHERE call_id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![call_id, state.as_str(), bucket_name(bucket), at]))
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn expired_pending_calls(&mut self, now: i64, limit: usize) -> StoreResult<Vec<CallRow>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'pending' AND lease_expires_at < ?1 LIMIT ?2"
+            ))
+            .and_then(|mut s| s.query_map(params![now, limit as i64], call_from_row)?.collect::<Result<Vec<_>, _>>())
+            .map_err(sql_error)
+    }
+
+    fn idempotency(&mut self, account: &str, op_key: &str) -> StoreResult<Option<IdemRecord>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {IDEM_COLUMNS} FROM idempotency WHERE account = ?1 AND op_key = ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![account, op_key], idem_from_row)
+                    .optional()
+            })
+            .map_err(sql_error)
+    }
+
+    fn insert_idempotency(&mut self, r: &IdemRecord) -> StoreResult<()> {
+        let (status, headers, body) = response_columns(r)?;
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT INTO idempotency ({IDEM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    r.account,
+                    r.op_key,
+                    r.fingerprint,
+                    r.endpoint,
+                    r.state.as_str(),
+                    r.call_id,
+                    r.forwarded_key,
+                    r.created_at,
+                    r.expires_at,
+                    r.lease_expires_at,
+                    status,
+                    headers,
+                    body
+                ])
+            })
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn update_idempotency(&mut self, r: &IdemRecord) -> StoreResult<()> {
+        let (status, headers, body) = response_columns(r)?;
+        self.conn
+            .prepare_cached(
+                "UPDATE idempotency SET fingerprint = ?3, endpoint = ?4, state = ?5, call_id = ?6, forwarded_key = ?7, \
+                 created_at = ?8, expires_at = ?9, lease_expires_at = ?10, status = ?11, headers = ?12, body = ?13 \
+                 WHERE account = ?1 AND op_key = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    r.account,
+                    r.op_key,
+                    r.fingerprint,
+                    r.endpoint,
+                    r.state.as_str(),
+                    r.call_id,
+                    r.forwarded_key,
+                    r.created_at,
+                    r.expires_at,
+                    r.lease_expires_at,
+                    status,
+                    headers,
+                    body
+                ])
+            })
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn delete_idempotency(&mut self, account: &str, op_key: &str) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("DELETE FROM idempotency WHERE account = ?1 AND op_key = ?2")
+            .and_then(|mut s| s.execute(params![account, op_key]))
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn idempotency_for_call(&mut self, call_id: &str) -> StoreResult<Vec<IdemRecord>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {IDEM_COLUMNS} FROM idempotency WHERE call_id = ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_map(params![call_id], idem_from_row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql_error)
+    }
+
+    fn purge_idempotency(&mut self, now: i64) -> StoreResult<u64> {
+        self.conn
+            .prepare_cached("DELETE FROM idempotency WHERE expires_at < ?1 AND state = 'done'")
+            .and_then(|mut s| s.execute(params![now]))
+            .map(|n| n as u64)
+            .map_err(sql_error)
+    }
+
+    fn object(&mut self, object_id: &str) -> StoreResult<Option<ObjectAmount>> {
+        self.conn
+            .prepare_cached("SELECT object_id, currency, amount_minor, seen_at FROM objects WHERE object_id = ?1")
+            .and_then(|mut s| {
+                s.query_row(params![object_id], |r| {
+                    Ok(ObjectAmount { object_id: r.get(0)?, currency: r.get(1)?, amount_minor: r.get(2)?, seen_at: r.get(3)? })
+                })
+                .optional()
+            })
+            .map_err(sql_error)
+    }
+
+    fn put_object(&mut self, o: &ObjectAmount) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO objects (object_id, currency, amount_minor, seen_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (object_id) DO UPDATE SET currency = excluded.currency, amount_minor = excluded.amount_minor, \
+                 seen_at = excluded.seen_at",
+            )
+            .and_then(|mut s| s.execute(params![o.object_id, o.currency, o.amount_minor, o.seen_at]))
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn fx_rates(&mut self) -> StoreResult<Vec<FxRate>> {
+        self.conn
+            .prepare_cached("SELECT currency, usd_per_unit, as_of FROM fx_rates ORDER BY currency")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok(FxRate {
+                        currency: r.get(0)?,
+                        usd_per_unit: r.get(1)?,
+                        as_of: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql_error)
+    }
+
+    fn put_fx_rate(&mut self, rate: &FxRate, at: i64) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO fx_rates (currency, usd_per_unit, as_of, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (currency) DO UPDATE SET usd_per_unit = excluded.usd_per_unit, as_of = excluded.as_of, \
+                 updated_at = excluded.updated_at",
+            )
+            .and_then(|mut s| s.execute(params![rate.currency, rate.usd_per_unit, rate.as_of, at]))
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn audit_head(&mut self) -> StoreResult<(i64, String)> {
+        self.conn
+            .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map(|head| head.unwrap_or((0, GENESIS.to_owned())))
+            .map_err(sql_error)
+    }
+
+    fn insert_audit(&mut self, row: &AuditRow) -> StoreResult<()> {
+        let e = &row.entry;
+        let entry = to_json(e)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit_log (seq, prev_hash, hash, at_us, call_id, key_id, label, decision, idempotency_key, \
+                 forwarded_idempotency_key, fingerprint, object_id, entry) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.seq,
+                    row.prev_hash,
+                    row.hash,
+                    e.at_us,
+                    e.call_id,
+                    e.key_id,
+                    e.label,
+                    e.decision,
+                    e.idempotency_key,
+                    e.forwarded_idempotency_key,
+                    e.fingerprint,
+                    e.object_id,
+                    entry
+                ])
+            })
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn query_audit(&mut self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
+        let order = if q.ascending { "ASC" } else { "DESC" };
+        let cursor_cmp = if q.ascending { ">" } else { "<" };
+        let sql = format!(
+            "SELECT seq, prev_hash, hash, entry FROM audit_log WHERE \
+             (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR substr(label, 1, length(?2)) = ?2) \
+             AND (?3 IS NULL OR idempotency_key = ?3 OR forwarded_idempotency_key = ?3) \
+             AND (?4 IS NULL OR fingerprint = ?4) AND (?5 IS NULL OR object_id = ?5) AND (?6 IS NULL OR decision = ?6) \
+             AND (?7 IS NULL OR call_id = ?7) AND (?8 IS NULL OR at_us >= ?8) AND (?9 IS NULL OR at_us < ?9) \
+             AND (?10 IS NULL OR seq {cursor_cmp} ?10) ORDER BY seq {order} LIMIT ?11"
+        );
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(
+                    params![
+                        q.key_id,
+                        q.label_prefix,
+                        q.idempotency_key,
+                        q.fingerprint,
+                        q.object_id,
+                        q.decision,
+                        q.call_id,
+                        q.since_us,
+                        q.until_us,
+                        q.cursor,
+                        q.limit as i64
+                    ],
+                    audit_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql_error)
+    }
+
+    fn audit_rows(&mut self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
+        self.conn
+            .prepare_cached("SELECT seq, prev_hash, hash, entry FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .and_then(|mut s| s.query_map(params![after_seq, limit as i64], audit_from_row)?.collect::<Result<Vec<_>, _>>())
+            .map_err(sql_error)
+    }
+
+    fn ping(&mut self) -> StoreResult<()> {
+        self.conn
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(sql_error)
+    }
+}
+
+type ResponseColumns = (Option<u32>, Option<String>, Option<Vec<u8>>);
+
+fn response_columns(r: &IdemRecord) -> StoreResult<ResponseColumns> {
+    Ok(match &r.response {
+        Some(resp) => (
+            Some(resp.status),
+            Some(to_json(&resp.headers)?),
+            Some(resp.body.clone()),
+        ),
+        None => (None, None, None),
+    })
+}

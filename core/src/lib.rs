@@ -1,0 +1,15 @@
+//! Keybrake's domain logic that both the filter (compiled to wasm, inside
+//! Envoy) and the control service need: pure functions, no I/O, no panics on
+//! input. Unit- and property-tested natively with `cargo test -p keybrake-core`.
+#![forbid(unsafe_code)]
+
+pub mod currency;
+pub mod fingerprint;
+pub mod form;
+pub mod money;
+pub mod path;
+pub mod pricing;
+pub mod scope;
+pub mod stripe_error;
+pub mod vault_key;
+pub mod vendor;

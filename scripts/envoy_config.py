@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Renders envoy/envoy.yaml.tmpl into a runnable Envoy config.
+
+Used by scripts/run-local.sh and by the end-to-end tests. The Stripe upstream
+is https://api.stripe.com (TLS, SNI) unless --stripe-url points elsewhere
+(e.g. http://127.0.0.1:12111 for a local stand-in).
+"""
+import argparse
+import json
+import pathlib
+import string
+import sys
+from urllib.parse import urlsplit
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "envoy" / "envoy.yaml.tmpl"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def tls_socket(sni: str) -> str:
+    return (
+        "    transport_socket:\n"
+        "      name: envoy.transport_sockets.tls\n"
+        "      typed_config:\n"
+        '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n'
+        f"        sni: {sni}\n"
+        f"        common_tls_context: {{ validation_context: {{ trusted_ca: {{ filename: {CA_BUNDLE} }} }} }}\n"
+    )
+
+
+def render(*, listen_address="127.0.0.1", listen_port=10000, admin_port=9901, control_grpc="127.0.0.1:50051",
+           control_http="127.0.0.1:8081", stripe_url="https://api.stripe.com", wasm_path, stripe_timeout="80s",
+           filter_config=None) -> str:
+    stripe = urlsplit(stripe_url)
+    if stripe.scheme not in ("http", "https") or not stripe.hostname:
+        raise ValueError(f"stripe url must be http(s)://host[:port], got {stripe_url!r}")
+    tls = stripe.scheme == "https"
+    port = stripe.port or (443 if tls else 80)
+    is_ip = stripe.hostname.replace(".", "").isdigit()
+    grpc_host, grpc_port = control_grpc.rsplit(":", 1)
+    http_host, http_port = control_http.rsplit(":", 1)
+    values = {
+        "LISTEN_ADDRESS": listen_address,
+        "LISTEN_PORT": listen_port,
+        "ADMIN_PORT": admin_port,
+        "CONTROL_GRPC_HOST": grpc_host,
+        "CONTROL_GRPC_PORT": grpc_port,
+        "CONTROL_HTTP_HOST": http_host,
+        "CONTROL_HTTP_PORT": http_port,
+        "STRIPE_DISCOVERY": "STATIC" if is_ip else "LOGICAL_DNS",
+        "STRIPE_ADDRESS": stripe.hostname,
+        "STRIPE_PORT": port,
+        "STRIPE_HOST": stripe.hostname if port in (80, 443) else f"{stripe.hostname}:{port}",
+        "STRIPE_TIMEOUT": stripe_timeout,
+        "STRIPE_TRANSPORT_SOCKET": tls_socket(stripe.hostname) if tls else "",
+        "WASM_PATH": wasm_path,
+        "FILTER_CONFIG": json.dumps(filter_config or {"control_cluster": "keybrake_control"}),
+    }
+    return string.Template(TEMPLATE.read_text()).substitute(values)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--listen", default="127.0.0.1:10000")
+    p.add_argument("--admin-port", type=int, default=9901)
+    p.add_argument("--control-grpc", default="127.0.0.1:50051")
+    p.add_argument("--control-http", default="127.0.0.1:8081")
+    p.add_argument("--stripe-url", default="https://api.stripe.com")
+    p.add_argument("--stripe-timeout", default="80s")
+    p.add_argument("--wasm", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    address, port = a.listen.rsplit(":", 1)
+    text = render(listen_address=address, listen_port=int(port), admin_port=a.admin_port, control_grpc=a.control_grpc,
+                  control_http=a.control_http, stripe_url=a.stripe_url, wasm_path=a.wasm, stripe_timeout=a.stripe_timeout)
+    pathlib.Path(a.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs Keybrake on this machine: the control service and Envoy with the
+# filter, listening on 127.0.0.1:10000 (admin API at /admin/, Stripe at /stripe/).
+#
+# Environment:
+#   KEYBRAKE_STRIPE_SECRET_KEY  the real Stripe key (or ..._FILE); a placeholder test key if unset
+#   KEYBRAKE_ADMIN_KEY          the admin key (or ..._FILE); generated and printed if unset
+#   KEYBRAKE_STRIPE_URL         Stripe upstream, default https://api.stripe.com
+#                               (e.g. http://127.0.0.1:12111 for a local stand-in)
+#   KEYBRAKE_LISTEN             default 127.0.0.1:10000
+#   KEYBRAKE_DATA_DIR           default ./keybrake-data
+# Stop with Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh >&2
+
+wasm=$(scripts/build-filter.sh)
+cargo build --release --quiet -p keybrake-control
+run_dir=$(mktemp -d -t keybrake.XXXXXX)
+
+if [ -z "${KEYBRAKE_ADMIN_KEY:-}" ] && [ -z "${KEYBRAKE_ADMIN_KEY_FILE:-}" ]; then
+  KEYBRAKE_ADMIN_KEY="kb_admin_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export KEYBRAKE_ADMIN_KEY
+  generated_admin=1
+fi
+if [ -z "${KEYBRAKE_STRIPE_SECRET_KEY:-}" ] && [ -z "${KEYBRAKE_STRIPE_SECRET_KEY_FILE:-}" ]; then
+  echo "KEYBRAKE_STRIPE_SECRET_KEY is not set: using a placeholder test key (Stripe will refuse it)." >&2
+  export KEYBRAKE_STRIPE_SECRET_KEY=sk_test_placeholder_set_KEYBRAKE_STRIPE_SECRET_KEY
+fi
+export KEYBRAKE_DATA_DIR=${KEYBRAKE_DATA_DIR:-$PWD/keybrake-data}
+export KEYBRAKE_GRPC_LISTEN=${KEYBRAKE_GRPC_LISTEN:-127.0.0.1:50051}
+export KEYBRAKE_HTTP_LISTEN=${KEYBRAKE_HTTP_LISTEN:-127.0.0.1:8081}
+listen=${KEYBRAKE_LISTEN:-127.0.0.1:10000}
+
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+target/release/keybrake serve > "$run_dir/control.ready" &
+pids+=($!)
+for _ in $(seq 100); do grep -q READY "$run_dir/control.ready" 2>/dev/null && break; sleep 0.1; done
+grep -q READY "$run_dir/control.ready" || { echo "control service did not start" >&2; exit 1; }
+
+.venv/bin/python scripts/envoy_config.py --wasm "$wasm" --out "$run_dir/envoy.yaml" --listen "$listen" \
+  --control-grpc "$KEYBRAKE_GRPC_LISTEN" --control-http "$KEYBRAKE_HTTP_LISTEN" \
+  --stripe-url "${KEYBRAKE_STRIPE_URL:-https://api.stripe.com}"
+envoy=$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+"$envoy" -c "$run_dir/envoy.yaml" --disable-hot-restart -l warning &
+pids+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:9901/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+
+cat <<MSG
+Keybrake is running on http://$listen
+  admin API:  http://$listen/admin/vault_keys
+  Stripe:     http://$listen/stripe   (base address for stripe.StripeClient)
+  data:       $KEYBRAKE_DATA_DIR
+MSG
+if [ -n "${generated_admin:-}" ]; then echo "  admin key:  $KEYBRAKE_ADMIN_KEY"; fi
+echo "Ctrl-C stops both."
+wait -n "${pids[@]}"

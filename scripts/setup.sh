@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what Keybrake needs, idempotently (a second run changes nothing):
+#   base   Debian tools the scripts use, the Rust components (clippy, rustfmt)
+#   wasm   a wasm32 toolchain: rustup's target where it can be added, else
+#          Debian's rustc-web with its library sources and wasm-ld (offline machines)
+#   python the project's venv (.venv) with Envoy, the Stripe SDK and the test tools
+# Usage: scripts/setup.sh [base] [wasm] [python] ...   (no argument: all of them)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; return 1; fi
+}
+
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+setup_base() {
+  apt_install ca-certificates curl python3-venv git
+  command -v cargo >/dev/null || { log "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
+  for c in clippy rustfmt; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
+  done
+}
+
+setup_wasm() {
+  if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
+     || rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
+    return 0
+  fi
+  # Offline: Debian's rustc-web builds std for wasm32 from rust-web-src; wasm-ld links.
+  apt_install rustc-web cargo-web rust-web-src rust-web-clippy lld
+}
+
+setup_python() {
+  local stamp=.venv/.requirements.sha256 want
+  want=$(sha256sum requirements/test.txt | cut -d' ' -f1)
+  if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  log "installing Python packages into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements/test.txt
+  echo "$want" > "$stamp"
+}
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(base wasm python)
+for s in "${steps[@]}"; do
+  case "$s" in
+    base) setup_base ;;
+    wasm) setup_wasm ;;
+    python) setup_python ;;
+    *) log "unknown step: $s"; exit 2 ;;
+  esac
+done

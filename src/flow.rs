@@ -1,0 +1,503 @@
+//! One request's life in the filter, as a state machine over plain data.
+//!
+//! ```text
+//! headers ──► (body, held) ──► Authorize ──┬─► deny / replay: local reply
+//!                                          └─► allow: rewrite, forward
+//! response headers ──► (body, held) ──► Settle ──► response released
+//! ```
+//!
+//! Nothing is forwarded before the control service said "allow", and for calls
+//! with durable state (reservation, idempotency record) the response is held
+//! until the outcome is settled, so a retry right after it sees a completed
+//! record. Every host interaction goes through [`Host`].
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use keybrake_core::stripe_error::StripeError;
+use prost::Message;
+
+use crate::config::FilterConfig;
+use crate::host::{header, Counter, Host, Rpc, Step};
+use crate::outbox::Outbox;
+use crate::refusal::Refusal;
+use crate::request::{is_vendor_route, Incoming, Priced};
+use crate::wire::{self, authorize_response::Verdict, Outcome};
+
+/// Response headers worth keeping for an idempotent replay.
+const REPLAYED_HEADERS: &[&str] = &[
+    "content-type",
+    "request-id",
+    "stripe-version",
+    "original-request",
+    "stripe-account",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Not a vendor route, or nothing left to do on the request path.
+    Idle,
+    ReadingBody,
+    Authorizing(u32),
+    Forwarded,
+    ReadingResponse,
+    Settling(u32),
+    /// A local reply was sent (refusal, denial or replay), or the outcome is settled.
+    Finished,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Call {
+    call_id: String,
+    key_id: String,
+    settle: bool,
+    settled: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    status: u32,
+    request_id: String,
+    detail: String,
+    at_us: i64,
+}
+
+pub struct Flow {
+    config: Rc<FilterConfig>,
+    outbox: Rc<RefCell<Outbox>>,
+    stage: Stage,
+    started_us: i64,
+    incoming: Option<Incoming>,
+    priced: Option<Priced>,
+    body_size: usize,
+    call: Option<Call>,
+    refused: Option<Refusal>,
+    /// Denied or replayed by the control service, which recorded the call itself.
+    decided_remotely: bool,
+    response: Option<Seen>,
+}
+
+impl Flow {
+    pub fn new(config: Rc<FilterConfig>, outbox: Rc<RefCell<Outbox>>) -> Flow {
+        Flow {
+            config,
+            outbox,
+            stage: Stage::Idle,
+            started_us: 0,
+            incoming: None,
+            priced: None,
+            body_size: 0,
+            call: None,
+            refused: None,
+            decided_remotely: false,
+            response: None,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &mut impl Host, end_of_stream: bool) -> Step {
+        let headers = host.request_headers();
+        if !is_vendor_route(&self.config, &headers) {
+            return Step::Continue;
+        }
+        self.started_us = host.now_micros();
+        match Incoming::from_headers(&self.config, &headers) {
+            Err(refusal) => self.refuse(host, refusal),
+            Ok(incoming) => {
+                self.incoming = Some(incoming);
+                if end_of_stream {
+                    self.authorize(host, &[])
+                } else {
+                    self.stage = Stage::ReadingBody;
+                    Step::Pause
+                }
+            }
+        }
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        host: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Step {
+        match self.stage {
+            Stage::ReadingBody => {
+                self.body_size = body_size;
+                if body_size > self.config.max_request_body_bytes {
+                    return self.refuse(
+                        host,
+                        Refusal::BodyTooLarge(self.config.max_request_body_bytes),
+                    );
+                }
+                if !end_of_stream {
+                    return Step::Pause;
+                }
+                let body = host.request_body(body_size).unwrap_or_default();
+                self.authorize(host, &body)
+            }
+            // Any Continue before the decision would send the original headers upstream.
+            Stage::Authorizing(_) | Stage::Finished => Step::Pause,
+            _ => Step::Continue,
+        }
+    }
+
+    /// Trailers end the request body when present (HTTP/2 clients may send them).
+    pub fn on_request_trailers(&mut self, host: &mut impl Host) -> Step {
+        match self.stage {
+            Stage::ReadingBody => {
+                let body = host.request_body(self.body_size).unwrap_or_default();
+                self.authorize(host, &body)
+            }
+            Stage::Authorizing(_) | Stage::Finished => Step::Pause,
+            _ => Step::Continue,
+        }
+    }
+
+    fn authorize(&mut self, host: &mut impl Host, body: &[u8]) -> Step {
+        let Some(incoming) = &self.incoming else {
+            return self.refuse(host, Refusal::ControlUnavailable);
+        };
+        let priced = match incoming.price_body(body) {
+            Ok(p) => p,
+            Err(refusal) => return self.refuse(host, refusal),
+        };
+        let request = wire::AuthorizeRequest {
+            vault_key_hash: incoming.key_hash.to_vec(),
+            vendor: incoming.vendor.clone(),
+            method: incoming.method.as_str().to_owned(),
+            path: incoming.target.path.clone(),
+            stripe_account: incoming.stripe_account.clone(),
+            idempotency_key: incoming.idempotency_key.clone(),
+            price: Some(wire::Price::from(&priced.price)),
+            fingerprint: priced.fingerprint.clone(),
+            query: incoming.target.query.clone().unwrap_or_default(),
+            metadata_only: false,
+        };
+        self.priced = Some(priced);
+        match host.dispatch(
+            Rpc::Authorize,
+            &request.encode_to_vec(),
+            self.config.authorize_timeout_ms,
+        ) {
+            Some(token) => {
+                self.stage = Stage::Authorizing(token);
+                Step::Pause
+            }
+            None => {
+                host.count(Counter::CalloutFailed, Some("authorize"));
+                self.refuse(host, Refusal::ControlUnavailable)
+            }
+        }
+    }
+
+    /// A reply to one of this request's calls. `status` is the gRPC status (0 = OK).
+    pub fn on_grpc_response(&mut self, host: &mut impl Host, token: u32, status: u32, size: usize) {
+        match self.stage {
+            Stage::Authorizing(t) if t == token => {
+                let reply = (status == 0)
+                    .then(|| host.grpc_response_body(size).unwrap_or_default())
+                    .and_then(|b| wire::AuthorizeResponse::decode(b.as_slice()).ok());
+                match reply.and_then(|r| r.verdict.map(|v| (v, r.key))) {
+                    Some((Verdict::Allow(allow), key)) => self.forward(host, allow, key),
+                    Some((Verdict::Deny(deny), _)) => {
+                        host.count(Counter::Denied, Some(&deny.code));
+                        self.decided_remotely = true;
+                        self.reply_error(host, &StripeError::from(&deny));
+                    }
+                    Some((Verdict::Replay(replay), _)) => {
+                        host.count(Counter::Replayed, None);
+                        let mut headers: Vec<(&str, &str)> = replay
+                            .headers
+                            .iter()
+                            .map(|h| (h.name.as_str(), h.value.as_str()))
+                            .collect();
+                        headers.push(("idempotent-replayed", "true"));
+                        host.send_local_reply(replay.http_status, &headers, &replay.body);
+                        self.decided_remotely = true;
+                        self.stage = Stage::Finished;
+                    }
+                    None => {
+                        host.count(Counter::CalloutFailed, Some("authorize"));
+                        self.refuse(host, Refusal::ControlUnavailable);
+                    }
+                }
+            }
+            Stage::Settling(t) if t == token => {
+                if status == 0 {
+                    if let Some(call) = &mut self.call {
+                        call.settled = true;
+                    }
+                } else {
+                    host.count(Counter::CalloutFailed, Some("settle"));
+                    host.log_warn("keybrake: settle failed; queued for the root context");
+                }
+                self.stage = Stage::Finished;
+                host.resume_response();
+            }
+            _ => {}
+        }
+    }
+
+    fn forward(
+        &mut self,
+        host: &mut impl Host,
+        allow: wire::Allow,
+        key: Option<wire::KeyMetadata>,
+    ) {
+        let Some(incoming) = &self.incoming else {
+            return;
+        };
+        host.set_request_header("authorization", Some(&allow.upstream_authorization));
+        let raw_path = header(&host.request_headers(), ":path").map(str::to_owned);
+        let path = incoming.forwarded_path();
+        if raw_path.as_deref() != Some(path.as_str()) {
+            host.set_request_header(":path", Some(&path));
+        }
+        if incoming.method_rewritten {
+            host.set_request_header(":method", Some(incoming.method.as_str()));
+        }
+        if !allow.forwarded_idempotency_key.is_empty() {
+            host.set_request_header("idempotency-key", Some(&allow.forwarded_idempotency_key));
+        }
+        host.count(Counter::Allowed, None);
+        self.call = Some(Call {
+            call_id: allow.call_id,
+            key_id: key.map(|k| k.key_id).unwrap_or_default(),
+            settle: allow.settle,
+            settled: false,
+        });
+        self.stage = Stage::Forwarded;
+        host.resume_request();
+    }
+
+    pub fn on_response_headers(&mut self, host: &mut impl Host, end_of_stream: bool) -> Step {
+        if self.stage != Stage::Forwarded {
+            return Step::Continue;
+        }
+        let headers = host.response_headers();
+        self.response = Some(Seen {
+            status: header(&headers, ":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            request_id: header(&headers, "request-id")
+                .unwrap_or_default()
+                .to_owned(),
+            detail: host.response_code_details().unwrap_or_default(),
+            at_us: host.now_micros(),
+        });
+        let Some(call) = &self.call else {
+            return Step::Continue;
+        };
+        if !call.call_id.is_empty() {
+            host.set_response_header("keybrake-call-id", Some(&call.call_id));
+        }
+        if !call.settle {
+            self.stage = Stage::Finished;
+            return Step::Continue;
+        }
+        if end_of_stream {
+            self.settle(host, Vec::new(), false)
+        } else {
+            self.stage = Stage::ReadingResponse;
+            Step::Pause
+        }
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Step {
+        match self.stage {
+            Stage::ReadingResponse if end_of_stream => {
+                let keep = body_size.min(self.config.max_response_body_bytes);
+                let body = host.response_body(keep).unwrap_or_default();
+                self.settle(host, body, body_size > keep)
+            }
+            Stage::ReadingResponse | Stage::Settling(_) => Step::Pause,
+            _ => Step::Continue,
+        }
+    }
+
+    fn settle(&mut self, host: &mut impl Host, body: Vec<u8>, truncated: bool) -> Step {
+        let headers = host.response_headers();
+        let mut request = self.settlement(Some(&headers));
+        request.body = body;
+        request.body_truncated = truncated;
+        match host.dispatch(
+            Rpc::Settle,
+            &request.encode_to_vec(),
+            self.config.settle_timeout_ms,
+        ) {
+            Some(token) => {
+                self.stage = Stage::Settling(token);
+                Step::Pause
+            }
+            None => {
+                // The money already moved (or not): the caller gets the answer either way,
+                // and the root context delivers the settlement.
+                host.count(Counter::CalloutFailed, Some("settle"));
+                self.stage = Stage::Finished;
+                Step::Continue
+            }
+        }
+    }
+
+    /// The settlement of this call as known now.
+    fn settlement(&self, headers: Option<&[(String, String)]>) -> wire::SettleRequest {
+        let (outcome, status, request_id, detail, at_us) = match &self.response {
+            Some(seen) => (
+                classify(&seen.detail, seen.status),
+                seen.status,
+                seen.request_id.clone(),
+                seen.detail.clone(),
+                seen.at_us,
+            ),
+            // Forwarded, and the stream ended before any answer came back.
+            None => (
+                Outcome::Uncertain,
+                0,
+                String::new(),
+                "no_response".to_owned(),
+                self.started_us,
+            ),
+        };
+        let kept = headers
+            .unwrap_or_default()
+            .iter()
+            .filter(|(k, _)| REPLAYED_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h)))
+            .map(|(k, v)| wire::Header {
+                name: k.to_ascii_lowercase(),
+                value: v.clone(),
+            })
+            .collect();
+        wire::SettleRequest {
+            call_id: self
+                .call
+                .as_ref()
+                .map(|c| c.call_id.clone())
+                .unwrap_or_default(),
+            outcome: outcome as i32,
+            http_status: status,
+            request_id,
+            headers: kept,
+            body: Vec::new(),
+            body_truncated: false,
+            latency_us: u64::try_from(at_us - self.started_us).unwrap_or(0),
+            detail,
+        }
+    }
+
+    /// The stream is over: hand what is still owed to the root context.
+    pub fn on_log(&mut self, host: &mut impl Host) {
+        if (self.incoming.is_none() && self.refused.is_none()) || self.decided_remotely {
+            return;
+        }
+        if let Some(call) = &self.call {
+            if call.settle {
+                if !call.settled {
+                    let settlement = self.settlement(None);
+                    if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
+                        outbox.push_settlement(settlement);
+                    }
+                }
+                return;
+            }
+        }
+        let record = self.record(host);
+        if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
+            outbox.push_record(record);
+        }
+    }
+
+    /// The audit record of a call that holds no durable state in the control service.
+    fn record(&self, host: &impl Host) -> wire::CallRecord {
+        let incoming = self.incoming.as_ref();
+        let (decision, reason) = match (&self.refused, &self.call) {
+            (Some(r), _) => ("denied", r.code().to_owned()),
+            (None, Some(_)) => ("allowed", String::new()),
+            // The request ended before the decision came back.
+            (None, None) => ("abandoned", "stream_ended_before_decision".to_owned()),
+        };
+        let seen = self.response.clone().unwrap_or_default();
+        let outcome = match (&self.call, &self.response) {
+            (Some(_), Some(s)) => classify(&s.detail, s.status),
+            (Some(_), None) => Outcome::Uncertain,
+            (None, _) => Outcome::NotSent,
+        };
+        wire::CallRecord {
+            call_id: self
+                .call
+                .as_ref()
+                .map(|c| c.call_id.clone())
+                .unwrap_or_default(),
+            key_id: self
+                .call
+                .as_ref()
+                .map(|c| c.key_id.clone())
+                .unwrap_or_default(),
+            vendor: incoming.map(|i| i.vendor.clone()).unwrap_or_default(),
+            method: incoming
+                .map(|i| i.method.as_str().to_owned())
+                .unwrap_or_default(),
+            path: incoming.map(|i| i.target.path.clone()).unwrap_or_default(),
+            decision: decision.to_owned(),
+            reason,
+            http_status: seen.status,
+            outcome: outcome as i32,
+            request_id: seen.request_id,
+            latency_us: u64::try_from(host.now_micros() - self.started_us).unwrap_or(0),
+            idempotency_key: incoming
+                .map(|i| i.idempotency_key.clone())
+                .unwrap_or_default(),
+            fingerprint: self
+                .priced
+                .as_ref()
+                .map(|p| p.fingerprint.clone())
+                .unwrap_or_default(),
+            stripe_account: incoming
+                .map(|i| i.stripe_account.clone())
+                .unwrap_or_default(),
+            at_us: self.started_us,
+            price: self.priced.as_ref().map(|p| wire::Price::from(&p.price)),
+            object_id: String::new(),
+            detail: seen.detail,
+        }
+    }
+
+    fn refuse(&mut self, host: &mut impl Host, refusal: Refusal) -> Step {
+        host.count(Counter::Denied, Some(refusal.code()));
+        self.reply_error(host, &refusal.to_stripe_error());
+        self.refused = Some(refusal);
+        Step::Pause
+    }
+
+    fn reply_error(&mut self, host: &mut impl Host, error: &StripeError) {
+        let headers = error.headers();
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host.send_local_reply(u32::from(error.status), &pairs, error.body().as_bytes());
+        self.stage = Stage::Finished;
+    }
+}
+
+/// What Envoy's response code details say about whether the request reached the upstream.
+pub fn classify(detail: &str, status: u32) -> Outcome {
+    const NOT_SENT: &[&str] = &[
+        "connection_failure",
+        "no_healthy_upstream",
+        "overflow",
+        "cluster_not_found",
+        "route_not_found",
+        "no_route",
+    ];
+    if detail == "via_upstream" {
+        Outcome::Responded
+    } else if NOT_SENT.iter().any(|d| detail.contains(d)) {
+        Outcome::NotSent
+    } else if detail.is_empty() && status != 0 && status < 500 {
+        Outcome::Responded
+    } else {
+        Outcome::Uncertain
+    }
+}

@@ -1,0 +1,350 @@
+//! The proxy-wasm glue: Envoy's callbacks in, [`Host`] calls out. No decisions
+//! here; every hostcall error is handled (the SDK's trait defaults `unwrap`,
+//! and a panic in the filter is a crashed VM in Envoy).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use prost::Message;
+use proxy_wasm::hostcalls as hc;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+
+use crate::config::FilterConfig;
+use crate::flow::Flow;
+use crate::host::{Counter, Host, Rpc, Step, SERVICE};
+use crate::outbox::Outbox;
+use crate::wire::CallRecordBatch;
+
+#[allow(unsafe_code)] // `main!` exports `_initialize` with `#[no_mangle]`.
+mod entry {
+    use super::Root;
+    use proxy_wasm::traits::RootContext;
+    use proxy_wasm::types::LogLevel;
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Info);
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    }}
+}
+
+/// Counter ids, defined on first use (Envoy shows them as `wasmcustom.keybrake.*`).
+#[derive(Default)]
+struct Metrics {
+    ids: HashMap<String, u32>,
+}
+
+impl Metrics {
+    fn increment(&mut self, name: String) {
+        let id = match self.ids.get(&name) {
+            Some(id) => *id,
+            None => match hc::define_metric(MetricType::Counter, &name) {
+                Ok(id) => {
+                    self.ids.insert(name, id);
+                    id
+                }
+                Err(_) => return,
+            },
+        };
+        let _ = hc::increment_metric(id, 1);
+    }
+}
+
+fn metric_name(counter: Counter, reason: Option<&str>) -> String {
+    let base = match counter {
+        Counter::Allowed => "keybrake.requests_allowed",
+        Counter::Denied => "keybrake.requests_denied",
+        Counter::Replayed => "keybrake.requests_replayed",
+        Counter::CalloutFailed => "keybrake.callout_failures",
+        Counter::AuditDropped => "keybrake.audit_records_dropped",
+    };
+    match reason {
+        Some(r) => format!(
+            "{base}.reason.{}",
+            r.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_")
+        ),
+        None => base.to_owned(),
+    }
+}
+
+/// The per-worker root context: configuration, metrics, and the outbox drain.
+#[derive(Default)]
+struct Root {
+    config: Rc<FilterConfig>,
+    outbox: Rc<RefCell<Outbox>>,
+    metrics: Rc<RefCell<Metrics>>,
+    in_flight: Option<(u32, CallRecordBatch)>,
+    reported_drops: u64,
+    shutting_down: bool,
+}
+
+impl Root {
+    /// Sends one batch from the outbox, if none is in flight.
+    fn flush(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Ok(mut outbox) = self.outbox.try_borrow_mut() else {
+            return;
+        };
+        for _ in self.reported_drops..outbox.dropped {
+            if let Ok(mut m) = self.metrics.try_borrow_mut() {
+                m.increment(metric_name(Counter::AuditDropped, None));
+            }
+        }
+        self.reported_drops = outbox.dropped;
+        let Some(batch) = outbox.take_batch(self.config.audit_batch_size) else {
+            return;
+        };
+        let bytes = batch.encode_to_vec();
+        let timeout = Duration::from_millis(self.config.settle_timeout_ms);
+        match hc::dispatch_grpc_call(
+            &self.config.control_cluster,
+            SERVICE,
+            Rpc::RecordCalls.method(),
+            vec![],
+            Some(&bytes),
+            timeout,
+        ) {
+            Ok(token) => self.in_flight = Some((token, batch)),
+            Err(_) => outbox.requeue(batch),
+        }
+    }
+
+    fn outbox_empty(&self) -> bool {
+        self.outbox
+            .try_borrow()
+            .map(|o| o.is_empty())
+            .unwrap_or(false)
+    }
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, _size: usize) {
+        match self.in_flight.take() {
+            Some((t, batch)) if t == token => {
+                if status != 0 {
+                    let _ = hc::log(
+                        LogLevel::Warn,
+                        "keybrake: audit batch not delivered; will retry",
+                    );
+                    if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
+                        outbox.requeue(batch);
+                    }
+                    if self.shutting_down {
+                        // The control service is gone; do not hold Envoy's shutdown forever.
+                        let _ = hc::done();
+                        return;
+                    }
+                }
+            }
+            other => self.in_flight = other,
+        }
+        if self.shutting_down {
+            if self.outbox_empty() && self.in_flight.is_none() {
+                let _ = hc::done();
+            } else {
+                self.flush();
+            }
+        } else if !self.outbox_empty() {
+            self.flush();
+        }
+    }
+
+    /// Envoy is stopping this VM: deliver what is queued before saying done.
+    fn on_done(&mut self) -> bool {
+        self.shutting_down = true;
+        self.flush();
+        self.in_flight.is_none() && self.outbox_empty()
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = hc::get_buffer(BufferType::PluginConfiguration, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match FilterConfig::parse(&bytes) {
+            Ok(config) => {
+                if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
+                    outbox.set_limit(config.audit_queue_limit);
+                }
+                let _ = hc::set_tick_period(Duration::from_millis(config.audit_flush_interval_ms));
+                self.config = Rc::new(config);
+                true
+            }
+            Err(e) => {
+                let _ = hc::log(LogLevel::Error, &format!("keybrake: {e}"));
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.flush();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            flow: Flow::new(self.config.clone(), self.outbox.clone()),
+            host: EnvoyHost {
+                cluster: self.config.control_cluster.clone(),
+                metrics: self.metrics.clone(),
+            },
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    flow: Flow,
+    host: EnvoyHost,
+}
+
+fn action(step: Step) -> Action {
+    match step {
+        Step::Continue => Action::Continue,
+        Step::Pause => Action::Pause,
+    }
+}
+
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        self.flow
+            .on_grpc_response(&mut self.host, token, status, size);
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(self.flow.on_request_headers(&mut self.host, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.flow
+                .on_request_body(&mut self.host, body_size, end_of_stream),
+        )
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        action(self.flow.on_request_trailers(&mut self.host))
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(self.flow.on_response_headers(&mut self.host, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.flow
+                .on_response_body(&mut self.host, body_size, end_of_stream),
+        )
+    }
+
+    fn on_log(&mut self) {
+        self.flow.on_log(&mut self.host);
+    }
+}
+
+/// [`Host`] over proxy-wasm hostcalls for the current stream.
+struct EnvoyHost {
+    cluster: String,
+    metrics: Rc<RefCell<Metrics>>,
+}
+
+impl Host for EnvoyHost {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hc::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        let _ = hc::set_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        hc::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
+    }
+
+    fn response_headers(&self) -> Vec<(String, String)> {
+        hc::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        let _ = hc::set_map_value(MapType::HttpResponseHeaders, name, value);
+    }
+
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        hc::get_buffer(BufferType::HttpResponseBody, 0, size)
+            .ok()
+            .flatten()
+    }
+
+    fn response_code_details(&self) -> Option<String> {
+        let bytes = hc::get_property(vec!["response", "code_details"])
+            .ok()
+            .flatten()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        if hc::send_http_response(status, headers.to_vec(), Some(body)).is_err() {
+            let _ = hc::reset_http_request();
+        }
+    }
+
+    fn dispatch(&mut self, rpc: Rpc, message: &[u8], timeout_ms: u64) -> Option<u32> {
+        hc::dispatch_grpc_call(
+            &self.cluster,
+            SERVICE,
+            rpc.method(),
+            vec![],
+            Some(message),
+            Duration::from_millis(timeout_ms),
+        )
+        .ok()
+    }
+
+    fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        hc::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+            .ok()
+            .flatten()
+    }
+
+    fn resume_request(&mut self) {
+        let _ = hc::resume_http_request();
+    }
+
+    fn resume_response(&mut self) {
+        let _ = hc::resume_http_response();
+    }
+
+    fn now_micros(&self) -> i64 {
+        hc::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_micros()).ok())
+            .unwrap_or(0)
+    }
+
+    fn log_warn(&self, message: &str) {
+        let _ = hc::log(LogLevel::Warn, message);
+    }
+
+    fn count(&mut self, counter: Counter, reason: Option<&str>) {
+        if let Ok(mut m) = self.metrics.try_borrow_mut() {
+            m.increment(metric_name(counter, None));
+            if reason.is_some() {
+                m.increment(metric_name(counter, reason));
+            }
+        }
+    }
+}

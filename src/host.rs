@@ -1,0 +1,79 @@
+//! Everything the filter asks of its host (Envoy), behind one small trait, so
+//! the request flow is plain code that runs natively in tests against
+//! [`crate::mock::MockHost`]. The proxy-wasm implementation lives in `glue.rs`.
+
+/// gRPC service of the control service (see `proto/keybrake.proto`).
+pub const SERVICE: &str = "keybrake.v1.Gateway";
+
+/// The calls the filter makes to the control service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Authorize,
+    Settle,
+    RecordCalls,
+}
+
+impl Rpc {
+    pub fn method(self) -> &'static str {
+        match self {
+            Rpc::Authorize => "Authorize",
+            Rpc::Settle => "Settle",
+            Rpc::RecordCalls => "RecordCalls",
+        }
+    }
+}
+
+/// What a callback tells Envoy: go on, or hold the stream until resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    Pause,
+}
+
+/// Counters the filter publishes as proxy-wasm metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    Allowed,
+    Denied,
+    Replayed,
+    CalloutFailed,
+    AuditDropped,
+}
+
+/// Host services for one HTTP stream.
+pub trait Host {
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Sets (or with `None` removes) a request header.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    fn response_headers(&self) -> Vec<(String, String)>;
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+    fn response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Envoy's `response.code_details` ("via_upstream", "upstream_response_timeout", ...).
+    fn response_code_details(&self) -> Option<String>;
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Starts a unary call to the control service; `None` when it cannot be started.
+    fn dispatch(&mut self, rpc: Rpc, message: &[u8], timeout_ms: u64) -> Option<u32>;
+    fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>>;
+    fn resume_request(&mut self);
+    fn resume_response(&mut self);
+    fn now_micros(&self) -> i64;
+    fn log_warn(&self, message: &str);
+    fn count(&mut self, counter: Counter, reason: Option<&str>);
+}
+
+/// Looks up a header by lower-case name (HTTP/2 and Envoy keep names lower-case).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// How many times a header occurs.
+pub fn header_count(headers: &[(String, String)], name: &str) -> usize {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .count()
+}

@@ -1,0 +1,24 @@
+//! Keybrake's proxy-wasm HTTP filter, running inside a stock Envoy.
+//!
+//! On vendor routes (`/stripe/...`) it reads the vault key, parses and prices
+//! the request, asks the control service over gRPC whether the call may go,
+//! and on "allow" swaps the vault key for the real vendor key. Everything
+//! host-specific is behind [`host::Host`]; the decisions are plain code in
+//! [`flow`] and `keybrake-core`, tested natively.
+
+pub mod config;
+pub mod credentials;
+pub mod flow;
+pub mod host;
+pub mod outbox;
+pub mod refusal;
+pub mod request;
+pub mod wire;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;
+
+#[cfg(test)]
+mod flow_tests;
+#[cfg(test)]
+mod mock;

@@ -1,0 +1,97 @@
+//! A recording [`Host`] for native tests of the request flow.
+
+use crate::host::{Counter, Host, Rpc};
+
+/// A local reply: status, headers, body.
+pub type LocalReply = (u32, Vec<(String, String)>, Vec<u8>);
+
+#[derive(Default)]
+pub struct MockHost {
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Vec<u8>,
+    pub code_details: Option<String>,
+    pub local_reply: Option<LocalReply>,
+    pub dispatched: Vec<(Rpc, Vec<u8>)>,
+    pub grpc_body: Vec<u8>,
+    pub resumed_request: u32,
+    pub resumed_response: u32,
+    pub now: i64,
+    pub fail_dispatch: bool,
+    pub counters: Vec<(Counter, Option<String>)>,
+    pub next_token: u32,
+}
+
+fn set(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    if let Some(v) = value {
+        headers.push((name.to_owned(), v.to_owned()));
+    }
+}
+
+impl MockHost {
+    pub fn request_header(&self, name: &str) -> Option<&str> {
+        crate::host::header(&self.request_headers, name)
+    }
+
+    pub fn reply_json(&self) -> serde_json::Value {
+        let (_, _, body) = self.local_reply.as_ref().expect("a local reply");
+        serde_json::from_slice(body).expect("a JSON reply")
+    }
+}
+
+impl Host for MockHost {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.request_headers.clone()
+    }
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        set(&mut self.request_headers, name, value);
+    }
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        Some(self.request_body.iter().take(size).copied().collect())
+    }
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.response_headers.clone()
+    }
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        set(&mut self.response_headers, name, value);
+    }
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        Some(self.response_body.iter().take(size).copied().collect())
+    }
+    fn response_code_details(&self) -> Option<String> {
+        self.code_details.clone()
+    }
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.local_reply = Some((status, headers, body.to_vec()));
+    }
+    fn dispatch(&mut self, rpc: Rpc, message: &[u8], _timeout_ms: u64) -> Option<u32> {
+        if self.fail_dispatch {
+            return None;
+        }
+        self.dispatched.push((rpc, message.to_vec()));
+        self.next_token += 1;
+        Some(self.next_token)
+    }
+    fn grpc_response_body(&self, _size: usize) -> Option<Vec<u8>> {
+        Some(self.grpc_body.clone())
+    }
+    fn resume_request(&mut self) {
+        self.resumed_request += 1;
+    }
+    fn resume_response(&mut self) {
+        self.resumed_response += 1;
+    }
+    fn now_micros(&self) -> i64 {
+        self.now
+    }
+    fn log_warn(&self, _message: &str) {}
+    fn count(&mut self, counter: Counter, reason: Option<&str>) {
+        self.counters.push((counter, reason.map(str::to_owned)));
+    }
+}

