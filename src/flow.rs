@@ -74,6 +74,9 @@ pub struct Flow {
     refused: Option<Refusal>,
     /// Denied or replayed by the control service, which recorded the call itself.
     decided_remotely: bool,
+    /// The call id sent with Authorize: if its answer is lost, the control service
+    /// may still hold a reservation for it, which a NOT_SENT settlement releases.
+    asked: Option<String>,
     response: Option<Seen>,
 }
 
@@ -90,6 +93,7 @@ impl Flow {
             call: None,
             refused: None,
             decided_remotely: false,
+            asked: None,
             response: None,
         }
     }
@@ -161,7 +165,9 @@ impl Flow {
             Ok(p) => p,
             Err(refusal) => return self.refuse(host, refusal),
         };
+        let call_id = host.new_call_id();
         let request = wire::AuthorizeRequest {
+            call_id: call_id.clone(),
             vault_key_hash: incoming.key_hash.to_vec(),
             vendor: incoming.vendor.clone(),
             method: incoming.method.as_str().to_owned(),
@@ -180,6 +186,7 @@ impl Flow {
             self.config.authorize_timeout_ms,
         ) {
             Some(token) => {
+                self.asked = Some(call_id);
                 self.stage = Stage::Authorizing(token);
                 Step::Pause
             }
@@ -200,11 +207,13 @@ impl Flow {
                 match reply.and_then(|r| r.verdict.map(|v| (v, r.key))) {
                     Some((Verdict::Allow(allow), key)) => self.forward(host, allow, key),
                     Some((Verdict::Deny(deny), _)) => {
+                        self.asked = None;
                         host.count(Counter::Denied, Some(&deny.code));
                         self.decided_remotely = true;
                         self.reply_error(host, &StripeError::from(&deny));
                     }
                     Some((Verdict::Replay(replay), _)) => {
+                        self.asked = None;
                         host.count(Counter::Replayed, None);
                         let mut headers: Vec<(&str, &str)> = replay
                             .headers
@@ -218,6 +227,7 @@ impl Flow {
                     }
                     None => {
                         host.count(Counter::CalloutFailed, Some("authorize"));
+                        self.release_unanswered();
                         self.refuse(host, Refusal::ControlUnavailable);
                     }
                 }
@@ -244,6 +254,7 @@ impl Flow {
         allow: wire::Allow,
         key: Option<wire::KeyMetadata>,
     ) {
+        self.asked = None;
         let Some(incoming) = &self.incoming else {
             return;
         };
@@ -389,8 +400,27 @@ impl Flow {
         }
     }
 
+    /// Authorize's answer never arrived, so nothing was forwarded; whatever the
+    /// control service reserved for the call is released by a NOT_SENT settlement.
+    fn release_unanswered(&mut self) {
+        if let Some(call_id) = self.asked.take() {
+            let settlement = wire::SettleRequest {
+                call_id,
+                outcome: Outcome::NotSent as i32,
+                detail: "authorize_unanswered".to_owned(),
+                ..Default::default()
+            };
+            if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
+                outbox.push_settlement(settlement);
+            }
+        }
+    }
+
     /// The stream is over: hand what is still owed to the root context.
     pub fn on_log(&mut self, host: &mut impl Host) {
+        if matches!(self.stage, Stage::Authorizing(_)) {
+            self.release_unanswered();
+        }
         if (self.incoming.is_none() && self.refused.is_none()) || self.decided_remotely {
             return;
         }

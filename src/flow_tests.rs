@@ -277,6 +277,13 @@ fn fails_closed_when_the_control_service_does_not_answer() {
         flow.on_log(&mut host);
         let batch = outbox.borrow_mut().take_batch(10).unwrap();
         assert_eq!(batch.records[0].reason, "keybrake_unavailable");
+        // The control service may have reserved before its answer was lost: release it.
+        let sent = authorize_request(&host);
+        let release = &batch.orphaned_settlements[0];
+        assert_eq!(
+            (release.call_id.as_str(), release.outcome),
+            (sent.call_id.as_str(), Outcome::NotSent as i32)
+        );
     }
     let (mut flow, mut host, _) = setup("GET", "/stripe/v1/charges", &[]);
     host.fail_dispatch = true;

@@ -15,6 +15,7 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 use crate::config::FilterConfig;
 use crate::flow::Flow;
 use crate::host::{Counter, Host, Rpc, Step, SERVICE};
+use crate::ids::CallIds;
 use crate::outbox::Outbox;
 use crate::wire::CallRecordBatch;
 
@@ -75,6 +76,7 @@ struct Root {
     config: Rc<FilterConfig>,
     outbox: Rc<RefCell<Outbox>>,
     metrics: Rc<RefCell<Metrics>>,
+    ids: Rc<RefCell<CallIds>>,
     in_flight: Option<(u32, CallRecordBatch)>,
     reported_drops: u64,
     shutting_down: bool,
@@ -169,6 +171,19 @@ impl RootContext for Root {
             .unwrap_or_default();
         match FilterConfig::parse(&bytes) {
             Ok(config) => {
+                // Seed this VM's call ids from what differs between VMs and starts.
+                let now = hc::get_current_time()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let here = &config as *const FilterConfig as usize;
+                let mut material = now.to_le_bytes().to_vec();
+                material.extend_from_slice(&here.to_le_bytes());
+                material.extend_from_slice(&size.to_le_bytes());
+                if let Ok(mut ids) = self.ids.try_borrow_mut() {
+                    *ids = CallIds::seeded(&material);
+                }
                 if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
                     outbox.set_limit(config.audit_queue_limit);
                 }
@@ -193,6 +208,7 @@ impl RootContext for Root {
             host: EnvoyHost {
                 cluster: self.config.control_cluster.clone(),
                 metrics: self.metrics.clone(),
+                ids: self.ids.clone(),
             },
         }))
     }
@@ -257,6 +273,7 @@ impl HttpContext for Stream {
 struct EnvoyHost {
     cluster: String,
     metrics: Rc<RefCell<Metrics>>,
+    ids: Rc<RefCell<CallIds>>,
 }
 
 impl Host for EnvoyHost {
@@ -337,6 +354,26 @@ impl Host for EnvoyHost {
 
     fn log_warn(&self, message: &str) {
         let _ = hc::log(LogLevel::Warn, message);
+    }
+
+    fn new_call_id(&mut self) -> String {
+        // Envoy's request id (a UUID) varies per request even across VMs with equal seeds.
+        let request_id = hc::get_property(vec!["request", "id"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match self.ids.try_borrow_mut() {
+            Ok(mut ids) => {
+                let id = ids.fresh();
+                if request_id.is_empty() {
+                    id
+                } else {
+                    let mut mixed = CallIds::seeded(&[id.as_bytes(), &request_id].concat());
+                    mixed.fresh()
+                }
+            }
+            Err(_) => CallIds::seeded(&request_id).fresh(),
+        }
     }
 
     fn count(&mut self, counter: Counter, reason: Option<&str>) {

@@ -59,6 +59,8 @@ pub trait Host {
     fn resume_response(&mut self);
     fn now_micros(&self) -> i64;
     fn log_warn(&self, message: &str);
+    /// A new call id, unique across workers and restarts (not a secret).
+    fn new_call_id(&mut self) -> String;
     fn count(&mut self, counter: Counter, reason: Option<&str>);
 }
 

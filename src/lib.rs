@@ -10,6 +10,7 @@ pub mod config;
 pub mod credentials;
 pub mod flow;
 pub mod host;
+pub mod ids;
 pub mod outbox;
 pub mod refusal;
 pub mod request;

@@ -21,6 +21,7 @@ pub struct MockHost {
     pub fail_dispatch: bool,
     pub counters: Vec<(Counter, Option<String>)>,
     pub next_token: u32,
+    pub ids_made: u32,
 }
 
 fn set(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
@@ -91,6 +92,10 @@ impl Host for MockHost {
         self.now
     }
     fn log_warn(&self, _message: &str) {}
+    fn new_call_id(&mut self) -> String {
+        self.ids_made += 1;
+        format!("call_mock{}", self.ids_made)
+    }
     fn count(&mut self, counter: Counter, reason: Option<&str>) {
         self.counters.push((counter, reason.map(str::to_owned)));
     }

@@ -123,7 +123,7 @@ impl App {
             let allow = wire::Allow {
                 upstream_authorization: self.vault.upstream_authorization(),
                 forwarded_idempotency_key: String::new(),
-                call_id: new_id("call"),
+                call_id: chosen_call_id(&req.call_id),
                 settle: false,
             };
             return wire::AuthorizeResponse {
@@ -132,7 +132,7 @@ impl App {
             };
         }
         let plan = CallPlan {
-            call_id: new_id("call"),
+            call_id: chosen_call_id(&req.call_id),
             now: now_us / 1_000_000,
             day: day_of(now_us),
             price,
@@ -228,6 +228,20 @@ impl App {
                 Ok(())
             })
             .await
+    }
+}
+
+/// The filter's call id when it is well formed, else a fresh one.
+fn chosen_call_id(proposed: &str) -> String {
+    let ok = proposed.starts_with("call_")
+        && proposed.len() <= 64
+        && proposed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        proposed.to_owned()
+    } else {
+        new_id("call")
     }
 }
 

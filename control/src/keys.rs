@@ -31,10 +31,10 @@ pub struct CreateKey {
     pub allowed_endpoints: Vec<String>,
     /// USD per UTC day; absent or null for no cap.
     #[serde(default)]
-    pub daily_usd_cap: Option<Number>,
+    pub daily_usd_cap: Option<DecimalText>,
     pub expires_in_seconds: Number,
     #[serde(default)]
-    pub max_amount_per_call_usd: Option<Number>,
+    pub max_amount_per_call_usd: Option<DecimalText>,
     /// Lets money-moving calls whose amount is not in the request through a capped key.
     #[serde(default)]
     pub allow_unpriced_calls: bool,
@@ -194,10 +194,26 @@ impl ValidKey {
     }
 }
 
-/// A USD amount from JSON: a plain decimal number (or string), non-negative, at most six decimals.
-fn usd(param: &str, n: &Number) -> Result<UsdMicros, Invalid> {
-    let text = n.to_string();
-    let text = text.trim_matches('"');
+/// A decimal from JSON, as its exact text: a number (kept exact, never
+/// through a float) or a string holding one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecimalText(pub String);
+
+impl<'de> Deserialize<'de> for DecimalText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DecimalText, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(n) => Ok(DecimalText(n.to_string())),
+            serde_json::Value::String(s) => Ok(DecimalText(s)),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a decimal number, got {other}"
+            ))),
+        }
+    }
+}
+
+/// A USD amount from JSON: a plain decimal, non-negative, at most six decimals.
+fn usd(param: &str, n: &DecimalText) -> Result<UsdMicros, Invalid> {
+    let text = n.0.as_str();
     if text.starts_with('-') {
         return Err(invalid(param, format!("{param} must not be negative")));
     }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::error::parse_json;
 use super::{AdminError, Principal};
 use crate::app::App;
+use crate::keys::DecimalText;
 use crate::model::FxRate;
 
 /// `{"as_of": "2026-11-26", "rates": {"jpy": "0.0067", "eur": 1.08}}`
@@ -20,7 +21,7 @@ use crate::model::FxRate;
 #[serde(deny_unknown_fields)]
 pub struct SetRates {
     pub as_of: String,
-    pub rates: BTreeMap<String, serde_json::Number>,
+    pub rates: BTreeMap<String, DecimalText>,
 }
 
 #[derive(Serialize)]
@@ -51,8 +52,7 @@ impl SetRates {
                     "usd is always 1 and cannot be set",
                 ));
             }
-            let text = rate.to_string();
-            let parsed = UsdRate::parse(text.trim_matches('"')).map_err(|e| {
+            let parsed = UsdRate::parse(&rate.0).map_err(|e| {
                 AdminError::invalid(
                     "rates",
                     format!(

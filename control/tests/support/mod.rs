@@ -1,0 +1,160 @@
+//! Test harness: the control service's `App` on each storage backend, with a
+//! clock the tests move.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use keybrake_control::app::{App, Limits};
+use keybrake_control::calls::expire_leases;
+use keybrake_control::clock::{day_of, ManualClock};
+use keybrake_control::ids::{new_id, new_vault_key};
+use keybrake_control::keys::CreateKey;
+use keybrake_control::model::{AuditRow, Spend};
+use keybrake_control::secrets::{Secret, Vault};
+use keybrake_control::store::sqlite::SqliteStore;
+use keybrake_control::store::{AuditQuery, Store};
+use keybrake_control::wire::{price, AuthorizeRequest, Price};
+use keybrake_core::fingerprint::to_hex;
+use sha2::{Digest, Sha256};
+
+/// 2026-11-26T10:00:00Z
+pub const START_US: i64 = 1_795_687_200_000_000;
+
+pub struct Harness {
+    pub name: &'static str,
+    pub app: Arc<App>,
+    pub clock: Arc<ManualClock>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[derive(Clone)]
+pub struct TestKey {
+    pub id: String,
+    pub hash: [u8; 32],
+}
+
+fn vault() -> Vault {
+    Vault::new(
+        Secret::new("sk_test_ledger_real".into()),
+        &Secret::new("admin-key-for-tests-0123".into()),
+    )
+    .unwrap()
+}
+
+fn app_on(store: Store) -> (Arc<App>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock(AtomicI64::new(START_US)));
+    let app = App::new(store, vault(), clock.clone(), Limits::default());
+    (Arc::new(app), clock)
+}
+
+/// One harness per backend configured for tests.
+pub async fn backends() -> Vec<Harness> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::Sqlite(SqliteStore::open(&dir.path().join("keybrake.db")).unwrap());
+    let (app, clock) = app_on(store);
+    vec![Harness {
+        name: "sqlite",
+        app,
+        clock,
+        _dir: Some(dir),
+    }]
+}
+
+impl Harness {
+    /// Issues a key through the same validation as the admin API.
+    pub async fn key(&self, label: &str, scope: &str, cap: Option<&str>, extra: &str) -> TestKey {
+        let cap = cap
+            .map(|c| format!(r#","daily_usd_cap":{c}"#))
+            .unwrap_or_default();
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(",{extra}")
+        };
+        let mut json = format!(
+            r#"{{"label":"{label}","vendor":"stripe","allowed_endpoints":["{scope}"]{cap}{extra}}}"#
+        );
+        if !json.contains("expires_in_seconds") {
+            json = json.replacen('{', r#"{"expires_in_seconds":3600,"#, 1);
+        }
+        let request: CreateKey = serde_json::from_str(&json).unwrap();
+        let vault_key = new_vault_key().unwrap();
+        let record = request.validate().unwrap().into_record(
+            new_id("key"),
+            vault_key.hash(),
+            START_US / 1_000_000,
+        );
+        let key = TestKey {
+            id: record.id.clone(),
+            hash: vault_key.hash(),
+        };
+        self.app
+            .store
+            .write(move |l| l.insert_key(&record))
+            .await
+            .unwrap();
+        key
+    }
+
+    pub async fn spend(&self, key: &TestKey) -> Spend {
+        let (id, day) = (key.id.clone(), day_of(START_US));
+        self.app
+            .store
+            .read(move |l| l.spend(&id, day))
+            .await
+            .unwrap()
+    }
+
+    pub async fn sweep(&self) {
+        let now = self.clock.0.load(std::sync::atomic::Ordering::SeqCst);
+        self.app
+            .store
+            .write(move |l| expire_leases(l, now))
+            .await
+            .unwrap();
+    }
+
+    pub async fn audit_for(&self, key: &TestKey) -> Vec<AuditRow> {
+        let q = AuditQuery {
+            key_id: Some(key.id.clone()),
+            ascending: true,
+            limit: 1000,
+            ..Default::default()
+        };
+        self.app
+            .store
+            .read(move |l| l.query_audit(&q))
+            .await
+            .unwrap()
+    }
+}
+
+/// An Authorize request for `POST /v1/charges`; the fingerprint depends on the content only.
+pub fn charge(
+    key: &TestKey,
+    amount: i64,
+    currency: &str,
+    idempotency_key: &str,
+) -> AuthorizeRequest {
+    let fingerprint = to_hex(&Sha256::digest(format!(
+        "POST /v1/charges amount={amount}&currency={currency}"
+    )));
+    AuthorizeRequest {
+        vault_key_hash: key.hash.to_vec(),
+        vendor: "stripe".into(),
+        method: "POST".into(),
+        path: "/v1/charges".into(),
+        idempotency_key: idempotency_key.into(),
+        price: Some(Price {
+            kind: price::Kind::Amount as i32,
+            amount_minor: amount,
+            currency: currency.into(),
+            basis: "amount".into(),
+            ..Default::default()
+        }),
+        fingerprint,
+        ..Default::default()
+    }
+}
