@@ -33,7 +33,13 @@ export KEYBRAKE_HTTP_LISTEN=${KEYBRAKE_HTTP_LISTEN:-127.0.0.1:8081}
 listen=${KEYBRAKE_LISTEN:-127.0.0.1:10000}
 
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+envoy_pid=
+cleanup() {
+  # Drain Envoy first so the filter delivers the audit records it queued.
+  if [ -n "$envoy_pid" ]; then .venv/bin/python scripts/envoy_drain.py 9901 --timeout 10 || true; fi
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT INT TERM
 
 target/release/keybrake serve > "$run_dir/control.ready" &
@@ -46,6 +52,7 @@ grep -q READY "$run_dir/control.ready" || { echo "control service did not start"
   --stripe-url "${KEYBRAKE_STRIPE_URL:-https://api.stripe.com}"
 envoy=$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 "$envoy" -c "$run_dir/envoy.yaml" --disable-hot-restart -l warning &
+envoy_pid=$!
 pids+=($!)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:9901/ready" >/dev/null 2>&1 && break; sleep 0.1; done
 

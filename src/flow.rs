@@ -77,6 +77,8 @@ pub struct Flow {
     /// The call id sent with Authorize: if its answer is lost, the control service
     /// may still hold a reservation for it, which a NOT_SENT settlement releases.
     asked: Option<String>,
+    /// Items put in the outbox and not yet counted in the metrics.
+    queued: u32,
     response: Option<Seen>,
 }
 
@@ -94,6 +96,7 @@ impl Flow {
             refused: None,
             decided_remotely: false,
             asked: None,
+            queued: 0,
             response: None,
         }
     }
@@ -410,8 +413,20 @@ impl Flow {
                 detail: "authorize_unanswered".to_owned(),
                 ..Default::default()
             };
-            if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
-                outbox.push_settlement(settlement);
+            self.queue(None, Some(settlement));
+        }
+    }
+
+    /// Hands a record or settlement to the worker's outbox.
+    fn queue(&mut self, record: Option<wire::CallRecord>, settlement: Option<wire::SettleRequest>) {
+        if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
+            if let Some(r) = record {
+                outbox.push_record(r);
+                self.queued += 1;
+            }
+            if let Some(s) = settlement {
+                outbox.push_settlement(s);
+                self.queued += 1;
             }
         }
     }
@@ -421,6 +436,7 @@ impl Flow {
         if matches!(self.stage, Stage::Authorizing(_)) {
             self.release_unanswered();
         }
+        self.report_queued(host);
         if (self.incoming.is_none() && self.refused.is_none()) || self.decided_remotely {
             return;
         }
@@ -428,17 +444,22 @@ impl Flow {
             if call.settle {
                 if !call.settled {
                     let settlement = self.settlement(None);
-                    if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
-                        outbox.push_settlement(settlement);
-                    }
+                    self.queue(None, Some(settlement));
                 }
+                self.report_queued(host);
                 return;
             }
         }
         let record = self.record(host);
-        if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
-            outbox.push_record(record);
+        self.queue(Some(record), None);
+        self.report_queued(host);
+    }
+
+    fn report_queued(&mut self, host: &mut impl Host) {
+        for _ in 0..self.queued {
+            host.count(Counter::OutboxQueued, None);
         }
+        self.queued = 0;
     }
 
     /// The audit record of a call that holds no durable state in the control service.

@@ -39,6 +39,10 @@ struct Metrics {
 
 impl Metrics {
     fn increment(&mut self, name: String) {
+        self.add(name, 1);
+    }
+
+    fn add(&mut self, name: String, by: i64) {
         let id = match self.ids.get(&name) {
             Some(id) => *id,
             None => match hc::define_metric(MetricType::Counter, &name) {
@@ -49,7 +53,7 @@ impl Metrics {
                 Err(_) => return,
             },
         };
-        let _ = hc::increment_metric(id, 1);
+        let _ = hc::increment_metric(id, by);
     }
 }
 
@@ -60,6 +64,8 @@ fn metric_name(counter: Counter, reason: Option<&str>) -> String {
         Counter::Replayed => "keybrake.requests_replayed",
         Counter::CalloutFailed => "keybrake.callout_failures",
         Counter::AuditDropped => "keybrake.audit_records_dropped",
+        Counter::OutboxQueued => "keybrake.outbox_queued",
+        Counter::OutboxDelivered => "keybrake.outbox_delivered",
     };
     match reason {
         Some(r) => format!(
@@ -79,7 +85,6 @@ struct Root {
     ids: Rc<RefCell<CallIds>>,
     in_flight: Option<(u32, CallRecordBatch)>,
     reported_drops: u64,
-    shutting_down: bool,
 }
 
 impl Root {
@@ -127,7 +132,12 @@ impl Context for Root {
     fn on_grpc_call_response(&mut self, token: u32, status: u32, _size: usize) {
         match self.in_flight.take() {
             Some((t, batch)) if t == token => {
-                if status != 0 {
+                if status == 0 {
+                    let n = batch.records.len() + batch.orphaned_settlements.len();
+                    if let Ok(mut m) = self.metrics.try_borrow_mut() {
+                        m.add(metric_name(Counter::OutboxDelivered, None), n as i64);
+                    }
+                } else {
                     let _ = hc::log(
                         LogLevel::Warn,
                         "keybrake: audit batch not delivered; will retry",
@@ -135,31 +145,28 @@ impl Context for Root {
                     if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
                         outbox.requeue(batch);
                     }
-                    if self.shutting_down {
-                        // The control service is gone; do not hold Envoy's shutdown forever.
-                        let _ = hc::done();
-                        return;
-                    }
                 }
             }
             other => self.in_flight = other,
         }
-        if self.shutting_down {
-            if self.outbox_empty() && self.in_flight.is_none() {
-                let _ = hc::done();
-            } else {
-                self.flush();
-            }
-        } else if !self.outbox_empty() {
+        if !self.outbox_empty() {
             self.flush();
         }
     }
 
-    /// Envoy is stopping this VM: deliver what is queued before saying done.
+    /// Envoy is stopping this VM. On a worker this runs after its event loop
+    /// stopped, so nothing can be sent any more: a clean shutdown drains Envoy
+    /// first (see `scripts/run-local.sh`), giving the tick time to flush. What
+    /// is still queued here is reported, not silently dropped.
     fn on_done(&mut self) -> bool {
-        self.shutting_down = true;
-        self.flush();
-        self.in_flight.is_none() && self.outbox_empty()
+        let left = self.outbox.try_borrow().map(|o| o.len()).unwrap_or(0);
+        if left > 0 {
+            let _ = hc::log(
+                LogLevel::Warn,
+                &format!("keybrake: {left} audit records or settlements undelivered at shutdown (drain Envoy before stopping it)"),
+            );
+        }
+        true
     }
 }
 

@@ -38,6 +38,10 @@ pub enum Counter {
     Replayed,
     CalloutFailed,
     AuditDropped,
+    /// Records and settlements put into the worker's outbox.
+    OutboxQueued,
+    /// ... and delivered to the control service (queued - delivered - dropped = pending).
+    OutboxDelivered,
 }
 
 /// Host services for one HTTP stream.

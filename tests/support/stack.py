@@ -26,6 +26,7 @@ import stripe
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import envoy_config  # noqa: E402
+import envoy_drain  # noqa: E402
 
 REAL_KEY = "sk_test_keybrake_real_4242"
 ADMIN_KEY = "kb_admin_test_0123456789abcdef"
@@ -97,6 +98,7 @@ class Stack:
     stripe_timeout: str = "80s"
     control_env: dict[str, str] = field(default_factory=dict)
     filter_config: dict[str, Any] | None = None
+    upstream_args: list[str] = field(default_factory=list)
     grpc_port: int = 0
     http_port: int = 0
     listen_port: int = 0
@@ -117,7 +119,8 @@ class Stack:
         log = open(self.workdir / "upstream.log", "a")
         if self.upstream == "standin":
             proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "tests" / "standin" / "stripe_standin.py"), "--port", "0", "--expect-key", REAL_KEY],
+                [sys.executable, str(ROOT / "tests" / "standin" / "stripe_standin.py"), "--port", "0", "--expect-key", REAL_KEY,
+                 *self.upstream_args],
                 stdout=subprocess.PIPE, stderr=log, text=True,
             )
             self.upstream_port = int(read_ready_line(proc, "READY").split()[1])
@@ -186,7 +189,15 @@ class Stack:
                 proc.kill()
                 proc.wait()
 
+    def stop_envoy_cleanly(self) -> bool:
+        """Drains Envoy until its filters delivered what they queued, then stops it."""
+        drained = envoy_drain.drain(self.envoy_admin_port)
+        self.stop_process("envoy")
+        return drained
+
     def stop(self) -> None:
+        if "envoy" in self.procs and "control" in self.procs and self.procs["envoy"].poll() is None:
+            self.stop_envoy_cleanly()
         for name in ("envoy", "control", "upstream"):
             self.stop_process(name)
 
@@ -244,6 +255,15 @@ class Stack:
         params.setdefault("order", "asc")
         params.setdefault("limit", 1000)
         r = self.admin("GET", "/admin/audit", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+    def audit_direct(self, **params: Any) -> list[dict]:
+        """The audit log from the control service itself (works with Envoy stopped)."""
+        params.setdefault("order", "asc")
+        params.setdefault("limit", 1000)
+        r = httpx.get(f"http://127.0.0.1:{self.http_port}/admin/audit", params=params,
+                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
         assert r.status_code == 200, r.text
         return r.json()["data"]
 
