@@ -37,14 +37,15 @@ def render(*, listen_address="127.0.0.1", listen_port=10000, admin_port=9901, co
     tls = stripe.scheme == "https"
     port = stripe.port or (443 if tls else 80)
     is_ip = stripe.hostname.replace(".", "").isdigit()
-    grpc_host, grpc_port = control_grpc.rsplit(":", 1)
+    grpc_endpoints = "\n".join(
+        f"        - endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }}"
+        for host, port in (hp.strip().rsplit(":", 1) for hp in control_grpc.split(",")))
     http_host, http_port = control_http.rsplit(":", 1)
     values = {
         "LISTEN_ADDRESS": listen_address,
         "LISTEN_PORT": listen_port,
         "ADMIN_PORT": admin_port,
-        "CONTROL_GRPC_HOST": grpc_host,
-        "CONTROL_GRPC_PORT": grpc_port,
+        "CONTROL_GRPC_ENDPOINTS": grpc_endpoints,
         "CONTROL_HTTP_HOST": http_host,
         "CONTROL_HTTP_PORT": http_port,
         "STRIPE_DISCOVERY": "STATIC" if is_ip else "LOGICAL_DNS",
@@ -63,7 +64,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", default="127.0.0.1:10000")
     p.add_argument("--admin-port", type=int, default=9901)
-    p.add_argument("--control-grpc", default="127.0.0.1:50051")
+    p.add_argument("--control-grpc", default="127.0.0.1:50051", help="host:port[,host:port...] of control replicas")
     p.add_argument("--control-http", default="127.0.0.1:8081")
     p.add_argument("--stripe-url", default="https://api.stripe.com")
     p.add_argument("--stripe-timeout", default="80s")

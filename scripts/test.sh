@@ -16,6 +16,11 @@ step "clippy (native)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "clippy (wasm32)"
 scripts/build-filter.sh --clippy
+step "PostgreSQL (a throwaway cluster on loopback)"
+pg_url=$(scripts/pg-cluster.sh start)
+trap 'scripts/pg-cluster.sh stop' EXIT
+# Every storage test runs against SQLite and this server; missing it is an error, not a skip.
+export KEYBRAKE_TEST_DATABASE_URL=$pg_url KEYBRAKE_REQUIRE_POSTGRES=1
 step "unit and property tests"
 cargo test --workspace --quiet
 step "build"

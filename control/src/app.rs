@@ -215,14 +215,26 @@ impl App {
     /// Appends the filter's batched records (and settles orphaned calls).
     pub async fn record_calls(&self, batch: wire::CallRecordBatch) -> StoreResult<()> {
         let now_us = self.clock.now_us();
+        let settlements: Vec<Settlement> =
+            batch.orphaned_settlements.into_iter().map(|s| settlement_from_wire(s, now_us)).collect();
+        let records: Vec<wire::CallRecord> = batch
+            .records
+            .into_iter()
+            .map(|mut r| {
+                if r.call_id.is_empty() {
+                    r.call_id = new_id("call");
+                }
+                r
+            })
+            .collect();
         self.store
             .write(move |l| {
-                for s in batch.orphaned_settlements {
-                    settle_call(l, &settlement_from_wire(s, now_us))?;
+                for s in &settlements {
+                    settle_call(l, s)?;
                 }
                 let mut labels: HashMap<String, String> = HashMap::new();
-                for r in batch.records {
-                    let entry = entry_from_record(l, &mut labels, r, now_us)?;
+                for r in &records {
+                    let entry = entry_from_record(l, &mut labels, r.clone(), now_us)?;
                     l.append_audit(&entry)?;
                 }
                 Ok(())
@@ -338,11 +350,7 @@ fn entry_from_record(
     };
     Ok(AuditEntry {
         at_us: if r.at_us > 0 { r.at_us } else { now_us },
-        call_id: if r.call_id.is_empty() {
-            new_id("call")
-        } else {
-            r.call_id
-        },
+        call_id: r.call_id,
         stage: "call".into(),
         key_id: r.key_id,
         label,

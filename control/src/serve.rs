@@ -14,15 +14,19 @@ use crate::calls::expire_leases;
 use crate::clock::{Clock, SystemClock};
 use crate::grpc::GatewayService;
 use crate::secrets::{self, Vault};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::wire::gateway_server::GatewayServer;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Directory of the SQLite database (created if missing).
+    /// Directory of the SQLite database (created if missing); not used with --database-url.
     #[arg(long, env = "KEYBRAKE_DATA_DIR", default_value = "keybrake-data")]
     pub data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://user@host:5432/db) for state shared by several replicas.
+    #[arg(long, env = "KEYBRAKE_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// gRPC address the Envoy filter calls.
     #[arg(long, env = "KEYBRAKE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     pub grpc_listen: SocketAddr,
@@ -99,6 +103,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     h?;
     tracing::info!("keybrake control service stopped");
     Ok(())
+}
+
+/// PostgreSQL when a database URL is given, else SQLite in the data directory.
+pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
+    match args.database_url.clone().filter(|u| !u.is_empty()) {
+        Some(url) => {
+            // The postgres client runs its own runtime: open it off the async threads.
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url)).await?;
+            Ok(Store::Postgres(store.context("opening the PostgreSQL database")?))
+        }
+        None => {
+            std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+            let db = args.data_dir.join("keybrake.db");
+            Ok(Store::Sqlite(SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?))
+        }
+    }
 }
 
 async fn load_fx_file(app: &App, path: &std::path::Path) -> anyhow::Result<()> {

@@ -4,9 +4,12 @@
 //! on the right connection: [`Store::write`] in a durable transaction,
 //! [`Store::read`] on a read-only connection.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
+
+use futures_util::future::Either;
 
 use crate::audit::chain;
 use crate::model::{
@@ -149,6 +152,7 @@ pub trait Ledger {
 /// The configured backend.
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 impl Store {
@@ -156,28 +160,31 @@ impl Store {
     /// If `f` fails, its changes are rolled back.
     pub fn write<T, F>(&self, f: F) -> impl Future<Output = StoreResult<T>> + Send + 'static
     where
-        F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         match self {
-            Store::Sqlite(s) => s.write(f),
+            Store::Sqlite(s) => Either::Left(s.write(f)),
+            Store::Postgres(p) => Either::Right(p.write(f)),
         }
     }
 
     /// Runs `f` on a read-only connection.
     pub fn read<T, F>(&self, f: F) -> impl Future<Output = StoreResult<T>> + Send + 'static
     where
-        F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         match self {
-            Store::Sqlite(s) => s.read(f),
+            Store::Sqlite(s) => Either::Left(s.read(f)),
+            Store::Postgres(p) => Either::Right(p.read(f)),
         }
     }
 
     pub fn backend_name(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
         }
     }
 }

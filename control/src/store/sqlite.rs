@@ -153,7 +153,7 @@ impl SqliteStore {
         f: F,
     ) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
     where
-        F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
@@ -174,7 +174,7 @@ impl SqliteStore {
         f: F,
     ) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
     where
-        F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let readers = self.readers.clone();

@@ -13,6 +13,7 @@ use keybrake_control::ids::{new_id, new_vault_key};
 use keybrake_control::keys::CreateKey;
 use keybrake_control::model::{AuditRow, Spend};
 use keybrake_control::secrets::{Secret, Vault};
+use keybrake_control::store::postgres::PgStore;
 use keybrake_control::store::sqlite::SqliteStore;
 use keybrake_control::store::{AuditQuery, Store};
 use keybrake_control::wire::{price, AuthorizeRequest, Price};
@@ -49,17 +50,32 @@ fn app_on(store: Store) -> (Arc<App>, Arc<ManualClock>) {
     (Arc::new(app), clock)
 }
 
-/// One harness per backend configured for tests.
+/// One harness per backend configured for tests: SQLite always, PostgreSQL
+/// when `KEYBRAKE_TEST_DATABASE_URL` names a server (each harness gets a fresh database).
 pub async fn backends() -> Vec<Harness> {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::Sqlite(SqliteStore::open(&dir.path().join("keybrake.db")).unwrap());
     let (app, clock) = app_on(store);
-    vec![Harness {
-        name: "sqlite",
-        app,
-        clock,
-        _dir: Some(dir),
-    }]
+    let mut out = vec![Harness { name: "sqlite", app, clock, _dir: Some(dir) }];
+    if let Some(url) = std::env::var("KEYBRAKE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        let store = tokio::task::spawn_blocking(move || PgStore::open(&fresh_database(&url))).await.unwrap().unwrap();
+        let (app, clock) = app_on(Store::Postgres(store));
+        out.push(Harness { name: "postgres", app, clock, _dir: None });
+    } else if std::env::var("KEYBRAKE_REQUIRE_POSTGRES").is_ok() {
+        panic!("KEYBRAKE_REQUIRE_POSTGRES is set but KEYBRAKE_TEST_DATABASE_URL is not");
+    }
+    out
+}
+
+/// Creates an empty database on the server and returns its URL.
+fn fresh_database(admin_url: &str) -> String {
+    let name = new_id("kbtest");
+    let mut client = postgres::Client::connect(admin_url, postgres::NoTls).unwrap();
+    client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("database url without a path: {admin_url}"),
+    }
 }
 
 impl Harness {

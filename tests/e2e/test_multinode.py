@@ -1,0 +1,116 @@
+"""Past one machine: two control replicas and two Envoys sharing one
+PostgreSQL. Caps, idempotency and the audit chain hold across all of them,
+because the database's own atomicity decides, not any one process."""
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from support.cluster import Cluster, fresh_database, postgres_url
+from support.stack import wait_for
+
+if not postgres_url():
+    if os.environ.get("KEYBRAKE_REQUIRE_POSTGRES"):
+        raise RuntimeError("KEYBRAKE_REQUIRE_POSTGRES is set but KEYBRAKE_TEST_DATABASE_URL is not")
+    pytest.skip("needs a PostgreSQL server: set KEYBRAKE_TEST_DATABASE_URL (scripts/test.sh starts one)",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path / "cluster", fresh_database(postgres_url())).start()
+    yield c
+    c.stop()
+
+
+def charge(c: Cluster, envoy: int, vk: str, customer: str, amount: int = 1000, **headers) -> httpx.Response:
+    return httpx.post(f"{c.url(envoy)}/stripe/v1/charges", headers={"Authorization": f"Bearer {vk}", **headers},
+                      data={"amount": amount, "currency": "usd", "customer": customer}, timeout=30)
+
+
+def charged_cents(c: Cluster) -> int:
+    return sum(int(r["params"]["amount"]) for r in c.upstream_requests(method="POST", path="/v1/charges"))
+
+
+def test_200_concurrent_charges_over_two_envoys_and_two_replicas_stop_at_the_cap(cluster):
+    key = cluster.issue_key(label="multi-cohort")
+    barrier = threading.Barrier(200)
+
+    def one(i: int) -> int:
+        barrier.wait()
+        return charge(cluster, i % 2, key["vault_key"], f"cus_{i}").status_code
+
+    with ThreadPoolExecutor(200) as pool:
+        codes = list(pool.map(one, range(200)))
+    assert codes.count(200) == 100 and codes.count(429) == 100, sorted(set(codes))
+    assert len(cluster.upstream_requests(method="POST", path="/v1/charges")) == 100
+    assert charged_cents(cluster) == 100_000
+    shown = cluster.admin("GET", f"/admin/vault_keys/{key['id']}").json()
+    assert (shown["spent_today_usd"], shown["reserved_usd"]) == (1000.0, 0.0)
+    assert cluster.admin("GET", "/admin/audit/verify").json()["ok"]
+
+
+def test_the_same_idempotency_key_at_both_envoys_at_once_is_forwarded_once(cluster):
+    key = cluster.issue_key(label="multi-idem", dedup="idempotency_key")
+    cluster.set_faults(delay_ms=400, match_path="/v1/charges")
+    barrier = threading.Barrier(2)
+    codes = [0, 0]
+
+    def one(envoy: int):
+        barrier.wait()
+        codes[envoy] = charge(cluster, envoy, key["vault_key"], "cus_same", **{"Idempotency-Key": "order-9"}).status_code
+
+    try:
+        threads = [threading.Thread(target=one, args=(e,)) for e in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        cluster.clear_faults()
+    assert sorted(codes) == [200, 409]
+    assert len(cluster.upstream_requests(method="POST", path="/v1/charges")) == 1
+    again = charge(cluster, 1, key["vault_key"], "cus_same", **{"Idempotency-Key": "order-9"})
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+
+
+def test_a_replica_killed_mid_run_loses_nothing(cluster):
+    key = cluster.issue_key(label="multi-kill", daily_usd_cap=100000)
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def worker(w: int):
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                codes.append(charge(cluster, w % 2, key["vault_key"], f"cus_{w}_{n}").status_code)
+            except httpx.HTTPError:
+                codes.append(-1)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(codes) >= 60, what="load running")
+    cluster.kill("control1")
+    killed_at = len(codes)
+    wait_for(lambda: len(codes) >= killed_at + 60, timeout=60, what="load continuing on the surviving replica")
+    stop.set()
+    for t in threads:
+        t.join()
+
+    assert codes[-20:].count(200) == 20, "the surviving replica serves everything after the kill"
+    upstream = charged_cents(cluster)
+
+    def accounted():
+        shown = cluster.admin("GET", f"/admin/vault_keys/{key['id']}").json()
+        counted = round((shown["spent_today_usd"] + shown["uncertain_usd"]) * 100)
+        return shown["reserved_usd"] == 0 and counted >= upstream and shown
+
+    shown = wait_for(accounted, timeout=30, what="every upstream charge accounted for")
+    assert round(shown["spent_today_usd"] * 100) <= upstream, "nothing counted that the upstream did not see"
+    assert codes.count(200) * 1000 <= upstream
+    assert cluster.admin("GET", "/admin/audit/verify").json()["ok"]

@@ -1,0 +1,119 @@
+"""Several control replicas and several Envoys on one PostgreSQL, for the
+multi-node tests. Each Envoy's control cluster lists every replica."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from support.stack import ADMIN_KEY, REAL_KEY, ROOT, control_binary, envoy_binary, envoy_config, filter_wasm, free_port, \
+    read_ready_line, wait_for
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("KEYBRAKE_TEST_DATABASE_URL") or None
+
+
+def fresh_database(admin_url: str) -> str:
+    name = f"kbe2e_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", admin_url, "-q", "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    database_url: str
+    replicas: int = 2
+    envoys: int = 2
+    upstream_port: int = 0
+    grpc_ports: list[int] = field(default_factory=list)
+    http_ports: list[int] = field(default_factory=list)
+    listen_ports: list[int] = field(default_factory=list)
+    admin_ports: list[int] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self) -> "Cluster":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        up = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin" / "stripe_standin.py"), "--port", "0",
+                               "--expect-key", REAL_KEY], stdout=subprocess.PIPE, stderr=open(self.workdir / "upstream.log", "a"), text=True)
+        self.upstream_port = int(read_ready_line(up, "READY").split()[1])
+        self.procs["upstream"] = up
+        self.grpc_ports = [free_port() for _ in range(self.replicas)]
+        self.http_ports = [free_port() for _ in range(self.replicas)]
+        for i in range(self.replicas):
+            self.start_replica(i)
+        for i in range(self.envoys):
+            self.start_envoy(i)
+        return self
+
+    def start_replica(self, i: int) -> None:
+        env = {**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY, "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
+               "KEYBRAKE_DATABASE_URL": self.database_url, "KEYBRAKE_GRPC_LISTEN": f"127.0.0.1:{self.grpc_ports[i]}",
+               "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_ports[i]}"}
+        proc = subprocess.Popen([str(control_binary()), "serve"], env=env, stdout=subprocess.PIPE,
+                                stderr=open(self.workdir / f"control{i}.log", "a"), text=True)
+        read_ready_line(proc, "READY")
+        self.procs[f"control{i}"] = proc
+
+    def start_envoy(self, i: int) -> None:
+        self.listen_ports.append(free_port())
+        self.admin_ports.append(free_port())
+        config = envoy_config.render(
+            listen_port=self.listen_ports[i], admin_port=self.admin_ports[i],
+            control_grpc=",".join(f"127.0.0.1:{p}" for p in self.grpc_ports),
+            control_http=f"127.0.0.1:{self.http_ports[0]}",
+            stripe_url=f"http://127.0.0.1:{self.upstream_port}", wasm_path=str(filter_wasm()))
+        path = self.workdir / f"envoy{i}.yaml"
+        path.write_text(config)
+        log = self.workdir / f"envoy{i}.log"
+        self.procs[f"envoy{i}"] = subprocess.Popen(
+            [str(envoy_binary()), "-c", str(path), "--concurrency", "2", "--disable-hot-restart", "-l", "warning",
+             "--log-path", str(log)], stdout=open(log, "a"), stderr=subprocess.STDOUT)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{self.admin_ports[i]}/ready", timeout=1).text.strip() == "LIVE",
+                 what=f"envoy{i}")
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for name in sorted(self.procs, key=lambda n: (not n.startswith("envoy"), n)):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self.procs.clear()
+
+    def url(self, envoy: int) -> str:
+        return f"http://127.0.0.1:{self.listen_ports[envoy]}"
+
+    def admin(self, method: str, path: str, json_body=None, **kw) -> httpx.Response:
+        return httpx.request(method, self.url(0) + path, json=json_body, headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                             timeout=30, **kw)
+
+    def issue_key(self, **fields) -> dict:
+        body = {"label": "cluster", "vendor": "stripe", "allowed_endpoints": ["POST /v1/charges"], "daily_usd_cap": 1000,
+                "expires_in_seconds": 3600, **fields}
+        r = self.admin("POST", "/admin/vault_keys", body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def upstream_requests(self, **filters) -> list[dict]:
+        return httpx.get(f"http://127.0.0.1:{self.upstream_port}/__standin/requests", params=filters, timeout=10).json()
+
+    def set_faults(self, **faults) -> None:
+        httpx.post(f"http://127.0.0.1:{self.upstream_port}/__standin/faults", json=faults, timeout=10).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"http://127.0.0.1:{self.upstream_port}/__standin/faults", timeout=10).raise_for_status()
