@@ -36,10 +36,7 @@ impl Default for FilterConfig {
     fn default() -> FilterConfig {
         FilterConfig {
             control_cluster: "keybrake_control".to_owned(),
-            routes: vec![Route {
-                prefix: "/stripe".to_owned(),
-                vendor: "stripe".to_owned(),
-            }],
+            routes: vec![Route { prefix: "/stripe".to_owned(), vendor: "stripe".to_owned() }],
             authorize_timeout_ms: 3_000,
             settle_timeout_ms: 5_000,
             max_request_body_bytes: 64 * 1024,
@@ -81,50 +78,24 @@ impl FilterConfig {
         }
         for r in &self.routes {
             if !r.prefix.starts_with('/') || r.prefix.ends_with('/') || r.prefix.len() < 2 {
-                return bad(
-                    "a route prefix looks like \"/stripe\": a leading '/', no trailing '/'",
-                );
+                return bad("a route prefix looks like \"/stripe\": a leading '/', no trailing '/'");
             }
-            if keybrake_core::vendor::Vendor::parse(&r.vendor)
-                != Some(keybrake_core::vendor::Vendor::Stripe)
-            {
+            if keybrake_core::vendor::Vendor::parse(&r.vendor) != Some(keybrake_core::vendor::Vendor::Stripe) {
                 return bad("route vendor must be \"stripe\"");
             }
         }
         let ranges = [
             (self.authorize_timeout_ms, 1, 60_000, "authorize_timeout_ms"),
             (self.settle_timeout_ms, 1, 60_000, "settle_timeout_ms"),
-            (
-                self.audit_flush_interval_ms,
-                1,
-                60_000,
-                "audit_flush_interval_ms",
-            ),
-            (
-                self.max_request_body_bytes as u64,
-                1,
-                16 << 20,
-                "max_request_body_bytes",
-            ),
-            (
-                self.max_response_body_bytes as u64,
-                0,
-                16 << 20,
-                "max_response_body_bytes",
-            ),
+            (self.audit_flush_interval_ms, 1, 60_000, "audit_flush_interval_ms"),
+            (self.max_request_body_bytes as u64, 1, 16 << 20, "max_request_body_bytes"),
+            (self.max_response_body_bytes as u64, 0, 16 << 20, "max_response_body_bytes"),
             (self.audit_batch_size as u64, 1, 10_000, "audit_batch_size"),
-            (
-                self.audit_queue_limit as u64,
-                1,
-                10_000_000,
-                "audit_queue_limit",
-            ),
+            (self.audit_queue_limit as u64, 1, 10_000_000, "audit_queue_limit"),
         ];
         for (value, lo, hi, name) in ranges {
             if value < lo || value > hi {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be between {lo} and {hi}"
-                )));
+                return Err(ConfigError::Invalid(format!("{name} must be between {lo} and {hi}")));
             }
         }
         Ok(())
@@ -146,26 +117,16 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         assert_eq!(FilterConfig::parse(b"").unwrap(), FilterConfig::default());
-        let c = FilterConfig::parse(br#"{"control_cluster":"ctl","max_request_body_bytes":1024}"#)
-            .unwrap();
+        let c = FilterConfig::parse(br#"{"control_cluster":"ctl","max_request_body_bytes":1024}"#).unwrap();
         assert_eq!(c.control_cluster, "ctl");
         assert_eq!(c.max_request_body_bytes, 1024);
     }
 
     #[test]
     fn refuses_bad_config() {
-        assert!(matches!(
-            FilterConfig::parse(b"{"),
-            Err(ConfigError::Json(_))
-        ));
-        assert!(matches!(
-            FilterConfig::parse(br#"{"nope":1}"#),
-            Err(ConfigError::Json(_))
-        ));
-        assert!(matches!(
-            FilterConfig::parse(br#"{"authorize_timeout_ms":0}"#),
-            Err(ConfigError::Invalid(_))
-        ));
+        assert!(matches!(FilterConfig::parse(b"{"), Err(ConfigError::Json(_))));
+        assert!(matches!(FilterConfig::parse(br#"{"nope":1}"#), Err(ConfigError::Json(_))));
+        assert!(matches!(FilterConfig::parse(br#"{"authorize_timeout_ms":0}"#), Err(ConfigError::Invalid(_))));
         assert!(matches!(
             FilterConfig::parse(br#"{"routes":[{"prefix":"stripe","vendor":"stripe"}]}"#),
             Err(ConfigError::Invalid(_))
@@ -179,10 +140,7 @@ mod tests {
     #[test]
     fn routes_match_on_segment_boundaries() {
         let c = FilterConfig::default();
-        assert_eq!(
-            c.route_for("/stripe/v1/charges").map(|(_, p)| p),
-            Some("/v1/charges")
-        );
+        assert_eq!(c.route_for("/stripe/v1/charges").map(|(_, p)| p), Some("/v1/charges"));
         assert!(c.route_for("/stripex/v1").is_none());
         assert!(c.route_for("/stripe").is_none());
         assert!(c.route_for("/admin/vault_keys").is_none());

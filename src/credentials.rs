@@ -27,9 +27,7 @@ pub fn vault_key(headers: &[(String, String)]) -> Result<VaultKey, Refusal> {
         }
         VaultKey::parse(rest).map_err(Refusal::MalformedKey)
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .map_err(|_| Refusal::UnsupportedScheme)?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| Refusal::UnsupportedScheme)?;
         let text = String::from_utf8(decoded).map_err(|_| Refusal::UnsupportedScheme)?;
         let (user, password) = text.split_once(':').unwrap_or((text.as_str(), ""));
         if !password.is_empty() {
@@ -50,28 +48,16 @@ mod tests {
     use keybrake_core::vault_key::KeyFormatError;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn bearer_and_basic() {
         let key = VaultKey::from_entropy([3; 32]);
         let bearer = format!("Bearer {}", key.expose());
-        assert_eq!(
-            vault_key(&h(&[("authorization", &bearer)])).unwrap().hash(),
-            key.hash()
-        );
-        let basic = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:", key.expose()))
-        );
-        assert_eq!(
-            vault_key(&h(&[("authorization", &basic)])).unwrap().hash(),
-            key.hash()
-        );
+        assert_eq!(vault_key(&h(&[("authorization", &bearer)])).unwrap().hash(), key.hash());
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:", key.expose())));
+        assert_eq!(vault_key(&h(&[("authorization", &basic)])).unwrap().hash(), key.hash());
         let lower = format!("bearer {}", key.expose());
         assert!(vault_key(&h(&[("authorization", &lower)])).is_ok());
     }
@@ -81,42 +67,21 @@ mod tests {
         let key = VaultKey::from_entropy([3; 32]);
         let bearer = format!("Bearer {}", key.expose());
         assert_eq!(vault_key(&h(&[])).err(), Some(Refusal::MissingKey));
+        assert_eq!(vault_key(&h(&[("authorization", "Bearer ")])).err(), Some(Refusal::MissingKey));
         assert_eq!(
-            vault_key(&h(&[("authorization", "Bearer ")])).err(),
-            Some(Refusal::MissingKey)
-        );
-        assert_eq!(
-            vault_key(&h(&[
-                ("authorization", &bearer),
-                ("authorization", &bearer)
-            ]))
-            .err(),
+            vault_key(&h(&[("authorization", &bearer), ("authorization", &bearer)])).err(),
             Some(Refusal::AmbiguousCredentials)
         );
         assert_eq!(
             vault_key(&h(&[("authorization", "Bearer sk_test_123")])).err(),
             Some(Refusal::MalformedKey(KeyFormatError::Prefix))
         );
-        let with_password = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:secret", key.expose()))
-        );
-        assert_eq!(
-            vault_key(&h(&[("authorization", &with_password)])).err(),
-            Some(Refusal::AmbiguousCredentials)
-        );
-        assert_eq!(
-            vault_key(&h(&[("authorization", "Basic !!!")])).err(),
-            Some(Refusal::UnsupportedScheme)
-        );
-        assert_eq!(
-            vault_key(&h(&[("authorization", "Digest x")])).err(),
-            Some(Refusal::UnsupportedScheme)
-        );
+        let with_password =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:secret", key.expose())));
+        assert_eq!(vault_key(&h(&[("authorization", &with_password)])).err(), Some(Refusal::AmbiguousCredentials));
+        assert_eq!(vault_key(&h(&[("authorization", "Basic !!!")])).err(), Some(Refusal::UnsupportedScheme));
+        assert_eq!(vault_key(&h(&[("authorization", "Digest x")])).err(), Some(Refusal::UnsupportedScheme));
         let two = format!("Bearer {} {}", key.expose(), key.expose());
-        assert_eq!(
-            vault_key(&h(&[("authorization", &two)])).err(),
-            Some(Refusal::AmbiguousCredentials)
-        );
+        assert_eq!(vault_key(&h(&[("authorization", &two)])).err(), Some(Refusal::AmbiguousCredentials));
     }
 }

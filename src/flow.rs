@@ -25,13 +25,8 @@ use crate::request::{is_vendor_route, Incoming, Priced};
 use crate::wire::{self, authorize_response::Verdict, Outcome};
 
 /// Response headers worth keeping for an idempotent replay.
-const REPLAYED_HEADERS: &[&str] = &[
-    "content-type",
-    "request-id",
-    "stripe-version",
-    "original-request",
-    "stripe-account",
-];
+const REPLAYED_HEADERS: &[&str] =
+    &["content-type", "request-id", "stripe-version", "original-request", "stripe-account"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -121,20 +116,12 @@ impl Flow {
         }
     }
 
-    pub fn on_request_body(
-        &mut self,
-        host: &mut impl Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Step {
+    pub fn on_request_body(&mut self, host: &mut impl Host, body_size: usize, end_of_stream: bool) -> Step {
         match self.stage {
             Stage::ReadingBody => {
                 self.body_size = body_size;
                 if body_size > self.config.max_request_body_bytes {
-                    return self.refuse(
-                        host,
-                        Refusal::BodyTooLarge(self.config.max_request_body_bytes),
-                    );
+                    return self.refuse(host, Refusal::BodyTooLarge(self.config.max_request_body_bytes));
                 }
                 if !end_of_stream {
                     return Step::Pause;
@@ -183,11 +170,7 @@ impl Flow {
             metadata_only: false,
         };
         self.priced = Some(priced);
-        match host.dispatch(
-            Rpc::Authorize,
-            &request.encode_to_vec(),
-            self.config.authorize_timeout_ms,
-        ) {
+        match host.dispatch(Rpc::Authorize, &request.encode_to_vec(), self.config.authorize_timeout_ms) {
             Some(token) => {
                 self.asked = Some(call_id);
                 self.stage = Stage::Authorizing(token);
@@ -218,11 +201,8 @@ impl Flow {
                     Some((Verdict::Replay(replay), _)) => {
                         self.asked = None;
                         host.count(Counter::Replayed, None);
-                        let mut headers: Vec<(&str, &str)> = replay
-                            .headers
-                            .iter()
-                            .map(|h| (h.name.as_str(), h.value.as_str()))
-                            .collect();
+                        let mut headers: Vec<(&str, &str)> =
+                            replay.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
                         headers.push(("idempotent-replayed", "true"));
                         host.send_local_reply(replay.http_status, &headers, &replay.body);
                         self.decided_remotely = true;
@@ -251,12 +231,7 @@ impl Flow {
         }
     }
 
-    fn forward(
-        &mut self,
-        host: &mut impl Host,
-        allow: wire::Allow,
-        key: Option<wire::KeyMetadata>,
-    ) {
+    fn forward(&mut self, host: &mut impl Host, allow: wire::Allow, key: Option<wire::KeyMetadata>) {
         self.asked = None;
         let Some(incoming) = &self.incoming else {
             return;
@@ -290,12 +265,8 @@ impl Flow {
         }
         let headers = host.response_headers();
         self.response = Some(Seen {
-            status: header(&headers, ":status")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-            request_id: header(&headers, "request-id")
-                .unwrap_or_default()
-                .to_owned(),
+            status: header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0),
+            request_id: header(&headers, "request-id").unwrap_or_default().to_owned(),
             detail: host.response_code_details().unwrap_or_default(),
             at_us: host.now_micros(),
         });
@@ -317,12 +288,7 @@ impl Flow {
         }
     }
 
-    pub fn on_response_body(
-        &mut self,
-        host: &mut impl Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Step {
+    pub fn on_response_body(&mut self, host: &mut impl Host, body_size: usize, end_of_stream: bool) -> Step {
         match self.stage {
             Stage::ReadingResponse if end_of_stream => {
                 let keep = body_size.min(self.config.max_response_body_bytes);
@@ -339,11 +305,7 @@ impl Flow {
         let mut request = self.settlement(Some(&headers));
         request.body = body;
         request.body_truncated = truncated;
-        match host.dispatch(
-            Rpc::Settle,
-            &request.encode_to_vec(),
-            self.config.settle_timeout_ms,
-        ) {
+        match host.dispatch(Rpc::Settle, &request.encode_to_vec(), self.config.settle_timeout_ms) {
             Some(token) => {
                 self.stage = Stage::Settling(token);
                 Step::Pause
@@ -369,29 +331,16 @@ impl Flow {
                 seen.at_us,
             ),
             // Forwarded, and the stream ended before any answer came back.
-            None => (
-                Outcome::Uncertain,
-                0,
-                String::new(),
-                "no_response".to_owned(),
-                self.started_us,
-            ),
+            None => (Outcome::Uncertain, 0, String::new(), "no_response".to_owned(), self.started_us),
         };
         let kept = headers
             .unwrap_or_default()
             .iter()
             .filter(|(k, _)| REPLAYED_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h)))
-            .map(|(k, v)| wire::Header {
-                name: k.to_ascii_lowercase(),
-                value: v.clone(),
-            })
+            .map(|(k, v)| wire::Header { name: k.to_ascii_lowercase(), value: v.clone() })
             .collect();
         wire::SettleRequest {
-            call_id: self
-                .call
-                .as_ref()
-                .map(|c| c.call_id.clone())
-                .unwrap_or_default(),
+            call_id: self.call.as_ref().map(|c| c.call_id.clone()).unwrap_or_default(),
             outcome: outcome as i32,
             http_status: status,
             request_id,
@@ -478,20 +427,10 @@ impl Flow {
             (None, _) => Outcome::NotSent,
         };
         wire::CallRecord {
-            call_id: self
-                .call
-                .as_ref()
-                .map(|c| c.call_id.clone())
-                .unwrap_or_default(),
-            key_id: self
-                .call
-                .as_ref()
-                .map(|c| c.key_id.clone())
-                .unwrap_or_default(),
+            call_id: self.call.as_ref().map(|c| c.call_id.clone()).unwrap_or_default(),
+            key_id: self.call.as_ref().map(|c| c.key_id.clone()).unwrap_or_default(),
             vendor: incoming.map(|i| i.vendor.clone()).unwrap_or_default(),
-            method: incoming
-                .map(|i| i.method.as_str().to_owned())
-                .unwrap_or_default(),
+            method: incoming.map(|i| i.method.as_str().to_owned()).unwrap_or_default(),
             path: incoming.map(|i| i.target.path.clone()).unwrap_or_default(),
             decision: decision.to_owned(),
             reason,
@@ -499,17 +438,9 @@ impl Flow {
             outcome: outcome as i32,
             request_id: seen.request_id,
             latency_us: u64::try_from(host.now_micros() - self.started_us).unwrap_or(0),
-            idempotency_key: incoming
-                .map(|i| i.idempotency_key.clone())
-                .unwrap_or_default(),
-            fingerprint: self
-                .priced
-                .as_ref()
-                .map(|p| p.fingerprint.clone())
-                .unwrap_or_default(),
-            stripe_account: incoming
-                .map(|i| i.stripe_account.clone())
-                .unwrap_or_default(),
+            idempotency_key: incoming.map(|i| i.idempotency_key.clone()).unwrap_or_default(),
+            fingerprint: self.priced.as_ref().map(|p| p.fingerprint.clone()).unwrap_or_default(),
+            stripe_account: incoming.map(|i| i.stripe_account.clone()).unwrap_or_default(),
             at_us: self.started_us,
             price: self.priced.as_ref().map(|p| wire::Price::from(&p.price)),
             object_id: String::new(),
@@ -534,14 +465,8 @@ impl Flow {
 
 /// What Envoy's response code details say about whether the request reached the upstream.
 pub fn classify(detail: &str, status: u32) -> Outcome {
-    const NOT_SENT: &[&str] = &[
-        "connection_failure",
-        "no_healthy_upstream",
-        "overflow",
-        "cluster_not_found",
-        "route_not_found",
-        "no_route",
-    ];
+    const NOT_SENT: &[&str] =
+        &["connection_failure", "no_healthy_upstream", "overflow", "cluster_not_found", "route_not_found", "no_route"];
     if detail == "via_upstream" {
         Outcome::Responded
     } else if NOT_SENT.iter().any(|d| detail.contains(d)) {

@@ -17,24 +17,16 @@ fn key() -> VaultKey {
     VaultKey::from_entropy([42; 32])
 }
 
-fn setup(
-    method: &str,
-    path: &str,
-    extra: &[(&str, &str)],
-) -> (Flow, MockHost, Rc<RefCell<Outbox>>) {
+fn setup(method: &str, path: &str, extra: &[(&str, &str)]) -> (Flow, MockHost, Rc<RefCell<Outbox>>) {
     let outbox = Rc::new(RefCell::new(Outbox::new(100)));
     let flow = Flow::new(Rc::new(FilterConfig::default()), outbox.clone());
-    let mut host = MockHost {
-        now: 1_000,
-        ..Default::default()
-    };
+    let mut host = MockHost { now: 1_000, ..Default::default() };
     host.request_headers = vec![
         (":method".into(), method.into()),
         (":path".into(), path.into()),
         ("authorization".into(), format!("Bearer {}", key().expose())),
     ];
-    host.request_headers
-        .extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    host.request_headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     (flow, host, outbox)
 }
 
@@ -45,15 +37,8 @@ fn authorize_request(host: &MockHost) -> wire::AuthorizeRequest {
 }
 
 fn reply(host: &mut MockHost, verdict: Verdict) {
-    let key = wire::KeyMetadata {
-        key_id: "key_1".into(),
-        ..Default::default()
-    };
-    host.grpc_body = wire::AuthorizeResponse {
-        verdict: Some(verdict),
-        key: Some(key),
-    }
-    .encode_to_vec();
+    let key = wire::KeyMetadata { key_id: "key_1".into(), ..Default::default() };
+    host.grpc_body = wire::AuthorizeResponse { verdict: Some(verdict), key: Some(key) }.encode_to_vec();
 }
 
 fn allow(settle: bool, forwarded: &str) -> Verdict {
@@ -78,8 +63,7 @@ fn other_routes_pass_untouched() {
 
 #[test]
 fn a_read_is_authorized_forwarded_and_recorded_in_the_outbox() {
-    let (mut flow, mut host, outbox) =
-        setup("GET", "/stripe/v1/charges/ch_1?expand[]=customer", &[]);
+    let (mut flow, mut host, outbox) = setup("GET", "/stripe/v1/charges/ch_1?expand[]=customer", &[]);
     assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
     let req = authorize_request(&host);
     assert_eq!(req.vault_key_hash, key().hash().to_vec());
@@ -90,51 +74,28 @@ fn a_read_is_authorized_forwarded_and_recorded_in_the_outbox() {
     assert_eq!(req.price.unwrap().kind, Kind::Free as i32);
     reply(&mut host, allow(false, ""));
     flow.on_grpc_response(&mut host, 1, 0, 0);
-    assert_eq!(
-        host.request_header("authorization"),
-        Some("Bearer sk_test_real")
-    );
+    assert_eq!(host.request_header("authorization"), Some("Bearer sk_test_real"));
     assert_eq!(host.resumed_request, 1);
-    host.response_headers = vec![
-        (":status".into(), "200".into()),
-        ("request-id".into(), "req_1".into()),
-    ];
+    host.response_headers = vec![(":status".into(), "200".into()), ("request-id".into(), "req_1".into())];
     host.code_details = Some("via_upstream".into());
     assert_eq!(flow.on_response_headers(&mut host, false), Step::Continue);
-    assert_eq!(
-        crate::host::header(&host.response_headers, "keybrake-call-id"),
-        Some("call_1")
-    );
+    assert_eq!(crate::host::header(&host.response_headers, "keybrake-call-id"), Some("call_1"));
     assert_eq!(flow.on_response_body(&mut host, 10, true), Step::Continue);
     flow.on_log(&mut host);
     let batch = outbox.borrow_mut().take_batch(10).unwrap();
     let rec = &batch.records[0];
-    assert_eq!(
-        (
-            rec.decision.as_str(),
-            rec.http_status,
-            rec.request_id.as_str()
-        ),
-        ("allowed", 200, "req_1")
-    );
+    assert_eq!((rec.decision.as_str(), rec.http_status, rec.request_id.as_str()), ("allowed", 200, "req_1"));
     assert_eq!(rec.key_id, "key_1");
     assert_eq!(rec.outcome, Outcome::Responded as i32);
 }
 
 #[test]
 fn a_charge_is_priced_held_and_settled_before_the_response_goes_back() {
-    let (mut flow, mut host, outbox) = setup(
-        "post",
-        "/stripe/v1//charges",
-        &[FORM, ("idempotency-key", "caller-key")],
-    );
+    let (mut flow, mut host, outbox) = setup("post", "/stripe/v1//charges", &[FORM, ("idempotency-key", "caller-key")]);
     host.request_body = b"amount=2999&currency=usd&customer=cus_1".to_vec();
     assert_eq!(flow.on_request_headers(&mut host, false), Step::Pause);
     assert_eq!(flow.on_request_body(&mut host, 10, false), Step::Pause);
-    assert!(
-        host.dispatched.is_empty(),
-        "nothing is asked before the body is complete"
-    );
+    assert!(host.dispatched.is_empty(), "nothing is asked before the body is complete");
     assert_eq!(
         {
             let n = host.request_body.len();
@@ -144,10 +105,7 @@ fn a_charge_is_priced_held_and_settled_before_the_response_goes_back() {
     );
     let req = authorize_request(&host);
     let price = req.price.unwrap();
-    assert_eq!(
-        (price.kind, price.amount_minor, price.currency.as_str()),
-        (Kind::Amount as i32, 2999, "usd")
-    );
+    assert_eq!((price.kind, price.amount_minor, price.currency.as_str()), (Kind::Amount as i32, 2999, "usd"));
     assert_eq!(req.idempotency_key, "caller-key");
     assert_eq!(req.fingerprint.len(), 64);
     // Further body callbacks before the decision must not let the headers go.
@@ -219,17 +177,9 @@ fn a_denial_is_a_stripe_error_and_nothing_is_forwarded() {
     assert!(headers.contains(&("stripe-should-retry".into(), "false".into())));
     assert_eq!(host.reply_json()["error"]["code"], "spend_cap_exceeded");
     assert_eq!(host.resumed_request, 0);
-    assert!(
-        host.request_header("authorization")
-            .unwrap()
-            .contains("vk_"),
-        "the real key was never set"
-    );
+    assert!(host.request_header("authorization").unwrap().contains("vk_"), "the real key was never set");
     flow.on_log(&mut host);
-    assert!(
-        outbox.borrow().is_empty(),
-        "the control service recorded its own denial"
-    );
+    assert!(outbox.borrow().is_empty(), "the control service recorded its own denial");
 }
 
 #[test]
@@ -245,10 +195,7 @@ fn a_replay_is_answered_locally() {
         &mut host,
         Verdict::Replay(wire::Replay {
             http_status: 200,
-            headers: vec![wire::Header {
-                name: "content-type".into(),
-                value: "application/json".into(),
-            }],
+            headers: vec![wire::Header { name: "content-type".into(), value: "application/json".into() }],
             body: br#"{"id":"ch_1"}"#.to_vec(),
         }),
     );
@@ -280,10 +227,7 @@ fn fails_closed_when_the_control_service_does_not_answer() {
         // The control service may have reserved before its answer was lost: release it.
         let sent = authorize_request(&host);
         let release = &batch.orphaned_settlements[0];
-        assert_eq!(
-            (release.call_id.as_str(), release.outcome),
-            (sent.call_id.as_str(), Outcome::NotSent as i32)
-        );
+        assert_eq!((release.call_id.as_str(), release.outcome), (sent.call_id.as_str(), Outcome::NotSent as i32));
     }
     let (mut flow, mut host, _) = setup("GET", "/stripe/v1/charges", &[]);
     host.fail_dispatch = true;
@@ -299,55 +243,13 @@ fn fails_closed_when_the_control_service_does_not_answer() {
 
 #[test]
 fn refusals_happen_before_any_callout() {
-    type Case<'a> = (
-        &'a str,
-        &'a str,
-        Vec<(&'a str, &'a str)>,
-        &'a [u8],
-        u32,
-        &'a str,
-    );
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a [u8], u32, &'a str);
     let cases: Vec<Case> = vec![
-        (
-            "GET",
-            "/stripe/v1/charges",
-            vec![("authorization", "Bearer sk_live_abc")],
-            b"",
-            401,
-            "vault_key_malformed",
-        ),
-        (
-            "POST",
-            "/stripe/v1/charges",
-            vec![FORM],
-            b"amount=12.5&currency=usd",
-            400,
-            "amount_invalid",
-        ),
-        (
-            "POST",
-            "/stripe/v1/charges",
-            vec![FORM],
-            b"amount=-1&currency=usd",
-            400,
-            "amount_invalid",
-        ),
-        (
-            "POST",
-            "/stripe/v1/charges",
-            vec![FORM],
-            b"amount=%zz",
-            400,
-            "body_malformed",
-        ),
-        (
-            "POST",
-            "/stripe/v1/charges",
-            vec![FORM],
-            b"amount=1&amount=2&currency=usd",
-            400,
-            "parameter_duplicated",
-        ),
+        ("GET", "/stripe/v1/charges", vec![("authorization", "Bearer sk_live_abc")], b"", 401, "vault_key_malformed"),
+        ("POST", "/stripe/v1/charges", vec![FORM], b"amount=12.5&currency=usd", 400, "amount_invalid"),
+        ("POST", "/stripe/v1/charges", vec![FORM], b"amount=-1&currency=usd", 400, "amount_invalid"),
+        ("POST", "/stripe/v1/charges", vec![FORM], b"amount=%zz", 400, "body_malformed"),
+        ("POST", "/stripe/v1/charges", vec![FORM], b"amount=1&amount=2&currency=usd", 400, "parameter_duplicated"),
         (
             "POST",
             "/stripe/v1/charges",
@@ -356,22 +258,8 @@ fn refusals_happen_before_any_callout() {
             400,
             "content_type_unsupported",
         ),
-        (
-            "OPTIONS",
-            "/stripe/v1/charges",
-            vec![],
-            b"",
-            403,
-            "method_not_allowed",
-        ),
-        (
-            "GET",
-            "/stripe/v1/charges%2f..%2frefunds",
-            vec![],
-            b"",
-            400,
-            "path_invalid",
-        ),
+        ("OPTIONS", "/stripe/v1/charges", vec![], b"", 403, "method_not_allowed"),
+        ("GET", "/stripe/v1/charges%2f..%2frefunds", vec![], b"", 400, "path_invalid"),
     ];
     for (method, path, extra, body, status, code) in cases {
         let (mut flow, mut host, outbox) = setup(method, path, &[]);
@@ -379,23 +267,14 @@ fn refusals_happen_before_any_callout() {
             crate::host::Host::set_request_header(&mut host, k, Some(v));
         }
         host.request_body = body.to_vec();
-        if flow.on_request_headers(&mut host, body.is_empty()) == Step::Pause
-            && host.local_reply.is_none()
-        {
+        if flow.on_request_headers(&mut host, body.is_empty()) == Step::Pause && host.local_reply.is_none() {
             flow.on_request_body(&mut host, body.len(), true);
         }
         assert!(host.dispatched.is_empty(), "{path} {body:?}: no callout");
-        assert_eq!(
-            host.local_reply.as_ref().map(|r| r.0),
-            Some(status),
-            "{method} {path} {body:?}"
-        );
+        assert_eq!(host.local_reply.as_ref().map(|r| r.0), Some(status), "{method} {path} {body:?}");
         assert_eq!(host.reply_json()["error"]["code"], code);
         flow.on_log(&mut host);
-        assert_eq!(
-            outbox.borrow_mut().take_batch(10).unwrap().records[0].decision,
-            "denied"
-        );
+        assert_eq!(outbox.borrow_mut().take_batch(10).unwrap().records[0].decision, "denied");
     }
 }
 
@@ -404,10 +283,7 @@ fn a_body_over_the_limit_is_refused_while_streaming() {
     let (mut flow, mut host, _) = setup("POST", "/stripe/v1/charges", &[FORM]);
     flow.on_request_headers(&mut host, false);
     let limit = FilterConfig::default().max_request_body_bytes;
-    assert_eq!(
-        flow.on_request_body(&mut host, limit + 1, false),
-        Step::Pause
-    );
+    assert_eq!(flow.on_request_body(&mut host, limit + 1, false), Step::Pause);
     assert_eq!(host.local_reply.as_ref().unwrap().0, 400);
     assert_eq!(host.reply_json()["error"]["code"], "body_too_large");
     assert!(host.dispatched.is_empty());
@@ -444,10 +320,7 @@ fn a_stream_that_dies_after_forwarding_leaves_an_uncertain_settlement_in_the_out
     flow.on_grpc_response(&mut host, 1, 0, 0);
     flow.on_log(&mut host);
     let batch = outbox.borrow_mut().take_batch(10).unwrap();
-    assert_eq!(
-        batch.orphaned_settlements[0].outcome,
-        Outcome::Uncertain as i32
-    );
+    assert_eq!(batch.orphaned_settlements[0].outcome, Outcome::Uncertain as i32);
     assert_eq!(batch.orphaned_settlements[0].call_id, "call_1");
 }
 
@@ -476,20 +349,8 @@ fn a_failed_settle_releases_the_response_and_queues_the_settlement() {
 #[test]
 fn classifies_envoy_details() {
     assert_eq!(classify("via_upstream", 502), Outcome::Responded);
-    assert_eq!(
-        classify(
-            "upstream_reset_before_response_started{connection_failure}",
-            503
-        ),
-        Outcome::NotSent
-    );
-    assert_eq!(
-        classify("upstream_reset_before_response_started{remote_reset}", 503),
-        Outcome::Uncertain
-    );
-    assert_eq!(
-        classify("upstream_response_timeout", 504),
-        Outcome::Uncertain
-    );
+    assert_eq!(classify("upstream_reset_before_response_started{connection_failure}", 503), Outcome::NotSent);
+    assert_eq!(classify("upstream_reset_before_response_started{remote_reset}", 503), Outcome::Uncertain);
+    assert_eq!(classify("upstream_response_timeout", 504), Outcome::Uncertain);
     assert_eq!(classify("", 0), Outcome::Uncertain);
 }

@@ -68,10 +68,7 @@ fn metric_name(counter: Counter, reason: Option<&str>) -> String {
         Counter::OutboxDelivered => "keybrake.outbox_delivered",
     };
     match reason {
-        Some(r) => format!(
-            "{base}.reason.{}",
-            r.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_")
-        ),
+        Some(r) => format!("{base}.reason.{}", r.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_")),
         None => base.to_owned(),
     }
 }
@@ -121,10 +118,7 @@ impl Root {
     }
 
     fn outbox_empty(&self) -> bool {
-        self.outbox
-            .try_borrow()
-            .map(|o| o.is_empty())
-            .unwrap_or(false)
+        self.outbox.try_borrow().map(|o| o.is_empty()).unwrap_or(false)
     }
 }
 
@@ -138,10 +132,7 @@ impl Context for Root {
                         m.add(metric_name(Counter::OutboxDelivered, None), n as i64);
                     }
                 } else {
-                    let _ = hc::log(
-                        LogLevel::Warn,
-                        "keybrake: audit batch not delivered; will retry",
-                    );
+                    let _ = hc::log(LogLevel::Warn, "keybrake: audit batch not delivered; will retry");
                     if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
                         outbox.requeue(batch);
                     }
@@ -172,10 +163,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hc::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = hc::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten().unwrap_or_default();
         match FilterConfig::parse(&bytes) {
             Ok(config) => {
                 // Seed this VM's call ids from what differs between VMs and starts.
@@ -239,8 +227,7 @@ fn action(step: Step) -> Action {
 
 impl Context for Stream {
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
-        self.flow
-            .on_grpc_response(&mut self.host, token, status, size);
+        self.flow.on_grpc_response(&mut self.host, token, status, size);
     }
 }
 
@@ -250,10 +237,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.flow
-                .on_request_body(&mut self.host, body_size, end_of_stream),
-        )
+        action(self.flow.on_request_body(&mut self.host, body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
@@ -265,10 +249,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.flow
-                .on_response_body(&mut self.host, body_size, end_of_stream),
-        )
+        action(self.flow.on_response_body(&mut self.host, body_size, end_of_stream))
     }
 
     fn on_log(&mut self) {
@@ -293,9 +274,7 @@ impl Host for EnvoyHost {
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        hc::get_buffer(BufferType::HttpRequestBody, 0, size)
-            .ok()
-            .flatten()
+        hc::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
     }
 
     fn response_headers(&self) -> Vec<(String, String)> {
@@ -307,15 +286,11 @@ impl Host for EnvoyHost {
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
-        hc::get_buffer(BufferType::HttpResponseBody, 0, size)
-            .ok()
-            .flatten()
+        hc::get_buffer(BufferType::HttpResponseBody, 0, size).ok().flatten()
     }
 
     fn response_code_details(&self) -> Option<String> {
-        let bytes = hc::get_property(vec!["response", "code_details"])
-            .ok()
-            .flatten()?;
+        let bytes = hc::get_property(vec!["response", "code_details"]).ok().flatten()?;
         String::from_utf8(bytes).ok()
     }
 
@@ -338,9 +313,7 @@ impl Host for EnvoyHost {
     }
 
     fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>> {
-        hc::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
-            .ok()
-            .flatten()
+        hc::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
     }
 
     fn resume_request(&mut self) {
@@ -365,10 +338,7 @@ impl Host for EnvoyHost {
 
     fn new_call_id(&mut self) -> String {
         // Envoy's request id (a UUID) varies per request even across VMs with equal seeds.
-        let request_id = hc::get_property(vec!["request", "id"])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let request_id = hc::get_property(vec!["request", "id"]).ok().flatten().unwrap_or_default();
         match self.ids.try_borrow_mut() {
             Ok(mut ids) => {
                 let id = ids.fresh();

@@ -70,16 +70,10 @@ pub trait Host {
 
 /// Looks up a header by lower-case name (HTTP/2 and Envoy keep names lower-case).
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 /// How many times a header occurs.
 pub fn header_count(headers: &[(String, String)], name: &str) -> usize {
-    headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-        .count()
+    headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count()
 }

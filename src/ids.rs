@@ -14,10 +14,7 @@ pub struct CallIds {
 
 impl CallIds {
     pub fn seeded(material: &[u8]) -> CallIds {
-        CallIds {
-            seed: Sha256::digest(material).into(),
-            counter: 0,
-        }
+        CallIds { seed: Sha256::digest(material).into(), counter: 0 }
     }
 
     /// `call_` + 24 hex characters.
@@ -42,8 +39,6 @@ mod tests {
         let mut b = CallIds::seeded(b"vm-b");
         let ids: HashSet<String> = (0..1000).flat_map(|_| [a.fresh(), b.fresh()]).collect();
         assert_eq!(ids.len(), 2000);
-        assert!(ids
-            .iter()
-            .all(|id| id.len() == 29 && id.starts_with("call_")));
+        assert!(ids.iter().all(|id| id.len() == 29 && id.starts_with("call_")));
     }
 }

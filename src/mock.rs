@@ -65,10 +65,7 @@ impl Host for MockHost {
         self.code_details.clone()
     }
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        let headers = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.local_reply = Some((status, headers, body.to_vec()));
     }
     fn dispatch(&mut self, rpc: Rpc, message: &[u8], _timeout_ms: u64) -> Option<u32> {

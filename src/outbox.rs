@@ -18,10 +18,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(limit: usize) -> Outbox {
-        Outbox {
-            limit,
-            ..Default::default()
-        }
+        Outbox { limit, ..Default::default() }
     }
 
     pub fn set_limit(&mut self, limit: usize) {
@@ -58,10 +55,7 @@ impl Outbox {
         let orphaned_settlements: Vec<_> = self.settlements.drain(..n).collect();
         let m = self.records.len().min(max.saturating_sub(n));
         let records: Vec<_> = self.records.drain(..m).collect();
-        Some(CallRecordBatch {
-            records,
-            orphaned_settlements,
-        })
+        Some(CallRecordBatch { records, orphaned_settlements })
     }
 
     /// Puts back a batch whose delivery failed, ahead of newer items.
@@ -84,10 +78,7 @@ mod tests {
     use super::*;
 
     fn rec(id: &str) -> CallRecord {
-        CallRecord {
-            call_id: id.into(),
-            ..Default::default()
-        }
+        CallRecord { call_id: id.into(), ..Default::default() }
     }
 
     #[test]
@@ -95,10 +86,7 @@ mod tests {
         let mut o = Outbox::new(10);
         o.push_record(rec("a"));
         o.push_record(rec("b"));
-        o.push_settlement(SettleRequest {
-            call_id: "s".into(),
-            ..Default::default()
-        });
+        o.push_settlement(SettleRequest { call_id: "s".into(), ..Default::default() });
         let batch = o.take_batch(2).unwrap();
         assert_eq!(batch.orphaned_settlements.len(), 1);
         assert_eq!(batch.records.len(), 1);

@@ -52,9 +52,7 @@ impl Refusal {
             Refusal::Pricing(PricingError::Form(FormError::Duplicate(_))) => "parameter_duplicated",
             Refusal::Pricing(PricingError::Form(_)) => "body_malformed",
             Refusal::Pricing(PricingError::Missing(_)) => "parameter_missing",
-            Refusal::Pricing(PricingError::InvalidCurrency(_) | PricingError::MixedCurrencies) => {
-                "currency_invalid"
-            }
+            Refusal::Pricing(PricingError::InvalidCurrency(_) | PricingError::MixedCurrencies) => "currency_invalid",
             Refusal::Pricing(_) => "amount_invalid",
             Refusal::ControlUnavailable => "keybrake_unavailable",
         }
@@ -62,9 +60,7 @@ impl Refusal {
 
     pub fn to_stripe_error(&self) -> StripeError {
         let code = self.code();
-        let e = |status: u16, message: String| {
-            StripeError::new(status, ErrorType::InvalidRequestError, code, message)
-        };
+        let e = |status: u16, message: String| StripeError::new(status, ErrorType::InvalidRequestError, code, message);
         match self {
             Refusal::MissingKey => e(401, "No vault key provided. Send it as 'Authorization: Bearer vk_...' (or as the Basic auth user name).".into()),
             Refusal::MalformedKey(why) => e(401, format!("Invalid vault key provided: {why}.")),

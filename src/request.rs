@@ -48,24 +48,17 @@ pub fn is_vendor_route(config: &FilterConfig, headers: &[(String, String)]) -> b
 impl Incoming {
     /// Reads a vendor-route request's headers. Credentials are checked first,
     /// so an unauthenticated caller learns nothing about scopes or paths.
-    pub fn from_headers(
-        config: &FilterConfig,
-        headers: &[(String, String)],
-    ) -> Result<Incoming, Refusal> {
+    pub fn from_headers(config: &FilterConfig, headers: &[(String, String)]) -> Result<Incoming, Refusal> {
         let raw_path = header(headers, ":path").unwrap_or_default();
         let Some((route, rest)) = config.route_for(raw_path) else {
             return Err(Refusal::Path(path::PathError::NotAbsolute));
         };
         let key = credentials::vault_key(headers)?;
-        if rest
-            .split_once('?')
-            .is_some_and(|(_, q)| looks_like_vault_key(q))
-        {
+        if rest.split_once('?').is_some_and(|(_, q)| looks_like_vault_key(q)) {
             return Err(Refusal::KeyInQuery);
         }
         let raw_method = header(headers, ":method").unwrap_or_default();
-        let method = Method::parse(raw_method)
-            .ok_or_else(|| Refusal::MethodNotAllowed(sanitize(raw_method)))?;
+        let method = Method::parse(raw_method).ok_or_else(|| Refusal::MethodNotAllowed(sanitize(raw_method)))?;
         if header_count(headers, "x-http-method-override") > 0
             || header_count(headers, "x-http-method") > 0
             || header_count(headers, "x-method-override") > 0
@@ -77,11 +70,7 @@ impl Incoming {
             if method == Method::Post {
                 return Err(Refusal::QueryOnPost);
             }
-            if q.split('&').any(|kv| {
-                kv.split('=')
-                    .next()
-                    .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
-            }) {
+            if q.split('&').any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("_method"))) {
                 return Err(Refusal::MethodOverride);
             }
         }
@@ -115,19 +104,13 @@ impl Incoming {
             }
         };
         if let Some(dup) = params.first_duplicate() {
-            return Err(Refusal::Form(keybrake_core::form::FormError::Duplicate(
-                dup.to_owned(),
-            )));
+            return Err(Refusal::Form(keybrake_core::form::FormError::Duplicate(dup.to_owned())));
         }
         if params.iter().any(|(k, _)| k == "_method") {
             return Err(Refusal::MethodOverride);
         }
-        let price =
-            pricing::price(self.method, &self.target.path, &params).map_err(Refusal::Pricing)?;
-        Ok(Priced {
-            fingerprint: fingerprint(self.method, &self.target, &self.stripe_account, &params),
-            price,
-        })
+        let price = pricing::price(self.method, &self.target.path, &params).map_err(Refusal::Pricing)?;
+        Ok(Priced { fingerprint: fingerprint(self.method, &self.target, &self.stripe_account, &params), price })
     }
 
     /// The `:path` to forward: the route prefix plus the canonical target
@@ -140,18 +123,11 @@ impl Incoming {
 fn is_form(content_type: Option<&str>) -> bool {
     content_type
         .and_then(|c| c.split(';').next())
-        .is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
 }
 
 /// A header that may appear at most once; empty when absent.
-fn single(
-    headers: &[(String, String)],
-    name: &'static str,
-    max_len: usize,
-) -> Result<String, Refusal> {
+fn single(headers: &[(String, String)], name: &'static str, max_len: usize) -> Result<String, Refusal> {
     if header_count(headers, name) > 1 {
         return Err(Refusal::RepeatedHeader(name));
     }
@@ -164,11 +140,7 @@ fn single(
 
 /// A method name safe to echo in an error message.
 fn sanitize(method: &str) -> String {
-    method
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(16)
-        .collect()
+    method.chars().filter(char::is_ascii_alphanumeric).take(16).collect()
 }
 
 #[cfg(test)]
@@ -181,10 +153,7 @@ mod tests {
         let mut h = vec![
             (":method".to_owned(), method.to_owned()),
             (":path".to_owned(), path.to_owned()),
-            (
-                "authorization".to_owned(),
-                format!("Bearer {}", key.expose()),
-            ),
+            ("authorization".to_owned(), format!("Bearer {}", key.expose())),
         ];
         h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         h
@@ -196,12 +165,8 @@ mod tests {
 
     #[test]
     fn reads_a_charge() {
-        let i = incoming(
-            "post",
-            "/stripe/v1//charges",
-            &[("idempotency-key", "abc"), ("stripe-account", "acct_1")],
-        )
-        .unwrap();
+        let i = incoming("post", "/stripe/v1//charges", &[("idempotency-key", "abc"), ("stripe-account", "acct_1")])
+            .unwrap();
         assert_eq!(i.method, Method::Post);
         assert!(i.method_rewritten);
         assert_eq!(i.target.path, "/v1/charges");
@@ -212,42 +177,17 @@ mod tests {
 
     #[test]
     fn refuses_ambiguity() {
+        assert_eq!(incoming("HEAD", "/stripe/v1/charges", &[]).err(), Some(Refusal::MethodNotAllowed("HEAD".into())));
         assert_eq!(
-            incoming("HEAD", "/stripe/v1/charges", &[]).err(),
-            Some(Refusal::MethodNotAllowed("HEAD".into()))
-        );
-        assert_eq!(
-            incoming(
-                "POST",
-                "/stripe/v1/charges",
-                &[("x-http-method-override", "GET")]
-            )
-            .err(),
+            incoming("POST", "/stripe/v1/charges", &[("x-http-method-override", "GET")]).err(),
             Some(Refusal::MethodOverride)
         );
+        assert_eq!(incoming("GET", "/stripe/v1/charges?_method=POST", &[]).err(), Some(Refusal::MethodOverride));
+        assert_eq!(incoming("POST", "/stripe/v1/charges?amount=1", &[]).err(), Some(Refusal::QueryOnPost));
+        assert_eq!(incoming("GET", "/stripe/v1/charges?key=vk_abc", &[]).err(), Some(Refusal::KeyInQuery));
+        assert!(matches!(incoming("GET", "/stripe/v1/%2e%2e/%2e%2e/x", &[]).err(), Some(Refusal::Path(_))));
         assert_eq!(
-            incoming("GET", "/stripe/v1/charges?_method=POST", &[]).err(),
-            Some(Refusal::MethodOverride)
-        );
-        assert_eq!(
-            incoming("POST", "/stripe/v1/charges?amount=1", &[]).err(),
-            Some(Refusal::QueryOnPost)
-        );
-        assert_eq!(
-            incoming("GET", "/stripe/v1/charges?key=vk_abc", &[]).err(),
-            Some(Refusal::KeyInQuery)
-        );
-        assert!(matches!(
-            incoming("GET", "/stripe/v1/%2e%2e/%2e%2e/x", &[]).err(),
-            Some(Refusal::Path(_))
-        ));
-        assert_eq!(
-            incoming(
-                "POST",
-                "/stripe/v1/charges",
-                &[("idempotency-key", "a"), ("idempotency-key", "b")]
-            )
-            .err(),
+            incoming("POST", "/stripe/v1/charges", &[("idempotency-key", "a"), ("idempotency-key", "b")]).err(),
             Some(Refusal::RepeatedHeader("idempotency-key"))
         );
         let long = "k".repeat(300);
@@ -259,28 +199,14 @@ mod tests {
 
     #[test]
     fn prices_bodies_strictly() {
-        let form = [(
-            "content-type",
-            "application/x-www-form-urlencoded; charset=utf-8",
-        )];
+        let form = [("content-type", "application/x-www-form-urlencoded; charset=utf-8")];
         let i = incoming("POST", "/stripe/v1/charges", &form).unwrap();
         let p = i.price_body(b"amount=100&currency=usd").unwrap();
         assert!(matches!(p.price, Price::Amount { minor: 100, .. }));
         assert_eq!(p.fingerprint.len(), 64);
-        assert!(matches!(
-            i.price_body(b"amount=1&amount=2&currency=usd"),
-            Err(Refusal::Form(_))
-        ));
-        assert!(matches!(
-            i.price_body(b"amount=1&currency=usd&_method=GET"),
-            Err(Refusal::MethodOverride)
-        ));
-        let json = incoming(
-            "POST",
-            "/stripe/v1/charges",
-            &[("content-type", "application/json")],
-        )
-        .unwrap();
+        assert!(matches!(i.price_body(b"amount=1&amount=2&currency=usd"), Err(Refusal::Form(_))));
+        assert!(matches!(i.price_body(b"amount=1&currency=usd&_method=GET"), Err(Refusal::MethodOverride)));
+        let json = incoming("POST", "/stripe/v1/charges", &[("content-type", "application/json")]).unwrap();
         assert_eq!(json.price_body(b"{}"), Err(Refusal::ContentType));
         let get = incoming("GET", "/stripe/v1/charges", &[]).unwrap();
         assert_eq!(get.price_body(b"x=1"), Err(Refusal::BodyNotAllowed));

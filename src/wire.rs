@@ -10,16 +10,8 @@ use keybrake_core::stripe_error::{ErrorType, StripeError};
 impl From<&pricing::Price> for Price {
     fn from(p: &pricing::Price) -> Price {
         match p {
-            pricing::Price::Free => Price {
-                kind: price::Kind::Free as i32,
-                ..Default::default()
-            },
-            pricing::Price::Amount {
-                minor,
-                currency,
-                basis,
-                payout,
-            } => {
+            pricing::Price::Free => Price { kind: price::Kind::Free as i32, ..Default::default() },
+            pricing::Price::Amount { minor, currency, basis, payout } => {
                 let (currency, object_id) = match currency {
                     CurrencySource::Given(c) => (c.as_str().to_owned(), String::new()),
                     CurrencySource::OfObject(o) => (String::new(), o.clone()),
@@ -39,27 +31,17 @@ impl From<&pricing::Price> for Price {
                 object_id: object_id.clone(),
                 ..Default::default()
             },
-            pricing::Price::Unpriced { reason } => Price {
-                kind: price::Kind::Unpriced as i32,
-                basis: (*reason).to_owned(),
-                ..Default::default()
-            },
+            pricing::Price::Unpriced { reason } => {
+                Price { kind: price::Kind::Unpriced as i32, basis: (*reason).to_owned(), ..Default::default() }
+            }
         }
     }
 }
 
 impl From<&Deny> for StripeError {
     fn from(d: &Deny) -> StripeError {
-        let status = u16::try_from(d.http_status)
-            .ok()
-            .filter(|s| (400..600).contains(s))
-            .unwrap_or(403);
-        let mut e = StripeError::new(
-            status,
-            ErrorType::parse(&d.error_type),
-            &d.code,
-            d.message.clone(),
-        );
+        let status = u16::try_from(d.http_status).ok().filter(|s| (400..600).contains(s)).unwrap_or(403);
+        let mut e = StripeError::new(status, ErrorType::parse(&d.error_type), &d.code, d.message.clone());
         if !d.param.is_empty() {
             e.param = Some(d.param.clone());
         }

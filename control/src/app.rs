@@ -8,10 +8,11 @@ use std::sync::{Arc, RwLock};
 use keybrake_core::scope::{any_matches, Method};
 use keybrake_core::vendor::Vendor;
 
-use crate::calls::{begin_call, settle_call, Begun, CallPlan, Settlement};
+use crate::calls::{begin_call, settle_call, Begun, CallPlan, Settled, Settlement};
 use crate::clock::{day_of, Clock};
 use crate::denial::Denial;
 use crate::ids::new_id;
+use crate::metrics::Metrics;
 use crate::model::{AuditEntry, KeyRecord, KeyState};
 use crate::secrets::Vault;
 use crate::store::{Ledger, Store, StoreResult};
@@ -29,15 +30,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            record_ttl_secs: 86_400,
-            lease_secs: 300,
-        }
+        Limits { record_ttl_secs: 86_400, lease_secs: 300 }
     }
 }
 
 pub struct App {
     pub store: Store,
+    pub metrics: Metrics,
     pub vault: Vault,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
@@ -46,13 +45,7 @@ pub struct App {
 
 impl App {
     pub fn new(store: Store, vault: Vault, clock: Arc<dyn Clock>, limits: Limits) -> App {
-        App {
-            store,
-            vault,
-            clock,
-            limits,
-            fx: RwLock::new(Arc::new(HashMap::new())),
-        }
+        App { store, metrics: Metrics::new(), vault, clock, limits, fx: RwLock::new(Arc::new(HashMap::new())) }
     }
 
     /// Reloads the FX table from storage.
@@ -71,6 +64,17 @@ impl App {
 
     /// Decides one call. Storage failures deny (fail closed).
     pub async fn authorize(&self, req: wire::AuthorizeRequest) -> wire::AuthorizeResponse {
+        let response = self.decide(req).await;
+        match &response.verdict {
+            Some(Verdict::Allow(_)) => self.metrics.decision("allowed", ""),
+            Some(Verdict::Deny(d)) => self.metrics.decision("denied", &d.code),
+            Some(Verdict::Replay(_)) => self.metrics.decision("replayed", ""),
+            None => {}
+        }
+        response
+    }
+
+    async fn decide(&self, req: wire::AuthorizeRequest) -> wire::AuthorizeResponse {
         let now_us = self.clock.now_us();
         let mut context = AuditEntry {
             at_us: now_us,
@@ -83,13 +87,7 @@ impl App {
             ..Default::default()
         };
         let Ok(hash) = <[u8; 32]>::try_from(req.vault_key_hash.as_slice()) else {
-            return self
-                .refuse(
-                    context,
-                    None,
-                    Denial::BadRequest("vault key hash must be 32 bytes".into()),
-                )
-                .await;
+            return self.refuse(context, None, Denial::BadRequest("vault key hash must be 32 bytes".into())).await;
         };
         let key = match self.store.read(move |l| l.key_by_hash(&hash)).await {
             Ok(Some(key)) => key,
@@ -106,17 +104,10 @@ impl App {
             return self.refuse(context, Some(metadata), denial).await;
         }
         let Some(method) = Method::parse(&req.method) else {
-            return self
-                .refuse(
-                    context,
-                    Some(metadata),
-                    Denial::BadRequest("unknown method".into()),
-                )
-                .await;
+            return self.refuse(context, Some(metadata), Denial::BadRequest("unknown method".into())).await;
         };
         let price = req.price.clone().unwrap_or_default();
-        let stateful = method == Method::Post
-            && (price.kind != Kind::Free as i32 || !req.idempotency_key.is_empty());
+        let stateful = method == Method::Post && (price.kind != Kind::Free as i32 || !req.idempotency_key.is_empty());
         if !stateful {
             // Reads and free calls without a caller key hold no state: the
             // filter records them in its audit batches.
@@ -126,10 +117,7 @@ impl App {
                 call_id: chosen_call_id(&req.call_id),
                 settle: false,
             };
-            return wire::AuthorizeResponse {
-                verdict: Some(Verdict::Allow(allow)),
-                key: Some(metadata),
-            };
+            return wire::AuthorizeResponse { verdict: Some(Verdict::Allow(allow)), key: Some(metadata) };
         }
         let plan = CallPlan {
             call_id: chosen_call_id(&req.call_id),
@@ -146,36 +134,37 @@ impl App {
             context,
             key,
         };
-        match self.store.write(move |l| begin_call(l, &plan)).await {
-            Ok(Begun::Allowed {
-                call_id,
-                forwarded_key,
-            }) => {
+        let begun = {
+            let _timer = self.metrics.time_store("write");
+            self.store.write(move |l| begin_call(l, &plan)).await
+        };
+        match &begun {
+            Ok(Begun::Allowed { reserved, .. }) if *reserved > 0 => {
+                self.metrics.reservations.with_label_values(&["reserved"]).inc()
+            }
+            Ok(Begun::Denied(Denial::CapExceeded { .. })) => {
+                self.metrics.reservations.with_label_values(&["cap_exceeded"]).inc()
+            }
+            Err(_) => self.metrics.error("storage"),
+            _ => {}
+        }
+        match begun {
+            Ok(Begun::Allowed { call_id, forwarded_key, .. }) => {
                 let allow = wire::Allow {
                     upstream_authorization: self.vault.upstream_authorization(),
                     forwarded_idempotency_key: forwarded_key,
                     call_id,
                     settle: true,
                 };
-                wire::AuthorizeResponse {
-                    verdict: Some(Verdict::Allow(allow)),
-                    key: Some(metadata),
-                }
+                wire::AuthorizeResponse { verdict: Some(Verdict::Allow(allow)), key: Some(metadata) }
             }
             Ok(Begun::Replayed(r)) => {
                 let replay = wire::Replay {
                     http_status: r.status,
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|(name, value)| wire::Header { name, value })
-                        .collect(),
+                    headers: r.headers.into_iter().map(|(name, value)| wire::Header { name, value }).collect(),
                     body: r.body,
                 };
-                wire::AuthorizeResponse {
-                    verdict: Some(Verdict::Replay(replay)),
-                    key: Some(metadata),
-                }
+                wire::AuthorizeResponse { verdict: Some(Verdict::Replay(replay)), key: Some(metadata) }
             }
             Ok(Begun::Denied(d)) => deny(&d, Some(metadata)),
             Err(e) => {
@@ -197,11 +186,7 @@ impl App {
         entry.decision = "denied".into();
         entry.reason = denial.code().into();
         entry.outcome = "not_sent".into();
-        if let Err(e) = self
-            .store
-            .write(move |l| l.append_audit(&entry).map(|_| ()))
-            .await
-        {
+        if let Err(e) = self.store.write(move |l| l.append_audit(&entry).map(|_| ())).await {
             tracing::error!(error = %e, "could not record a denial");
         }
         deny(&denial, key)
@@ -209,7 +194,27 @@ impl App {
 
     pub async fn settle(&self, s: wire::SettleRequest) -> StoreResult<()> {
         let settlement = settlement_from_wire(s, self.clock.now_us());
-        self.store.write(move |l| settle_call(l, &settlement)).await
+        let settled = {
+            let _timer = self.metrics.time_store("write");
+            self.store.write(move |l| settle_call(l, &settlement)).await
+        };
+        match settled {
+            Ok(report) => {
+                self.count_settlements(report.into_iter());
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.error("storage");
+                Err(e)
+            }
+        }
+    }
+
+    fn count_settlements(&self, reports: impl Iterator<Item = Settled>) {
+        for r in reports {
+            self.metrics.settlements.with_label_values(&[r.verdict]).inc();
+            self.metrics.spend_committed_micros.inc_by(u64::try_from(r.committed_micros).unwrap_or(0));
+        }
     }
 
     /// Appends the filter's batched records (and settles orphaned calls).
@@ -227,19 +232,23 @@ impl App {
                 r
             })
             .collect();
-        self.store
+        let reports = self
+            .store
             .write(move |l| {
+                let mut reports = Vec::new();
                 for s in &settlements {
-                    settle_call(l, s)?;
+                    reports.extend(settle_call(l, s)?);
                 }
                 let mut labels: HashMap<String, String> = HashMap::new();
                 for r in &records {
                     let entry = entry_from_record(l, &mut labels, r.clone(), now_us)?;
                     l.append_audit(&entry)?;
                 }
-                Ok(())
+                Ok(reports)
             })
-            .await
+            .await?;
+        self.count_settlements(reports.into_iter());
+        Ok(())
     }
 }
 
@@ -247,9 +256,7 @@ impl App {
 fn chosen_call_id(proposed: &str) -> String {
     let ok = proposed.starts_with("call_")
         && proposed.len() <= 64
-        && proposed
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        && proposed.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if ok {
         proposed.to_owned()
     } else {
@@ -264,18 +271,11 @@ fn check_key(key: &KeyRecord, req: &wire::AuthorizeRequest, now: i64) -> Result<
         KeyState::Active => {}
     }
     if Vendor::parse(&req.vendor) != Some(key.vendor) {
-        return Err(Denial::WrongVendor {
-            key_vendor: key.vendor.as_str().into(),
-            route_vendor: req.vendor.clone(),
-        });
+        return Err(Denial::WrongVendor { key_vendor: key.vendor.as_str().into(), route_vendor: req.vendor.clone() });
     }
-    let in_scope =
-        Method::parse(&req.method).is_some_and(|m| any_matches(&key.scopes, m, &req.path));
+    let in_scope = Method::parse(&req.method).is_some_and(|m| any_matches(&key.scopes, m, &req.path));
     if !in_scope {
-        return Err(Denial::OutOfScope {
-            method: req.method.clone(),
-            path: req.path.clone(),
-        });
+        return Err(Denial::OutOfScope { method: req.method.clone(), path: req.path.clone() });
     }
     if !req.stripe_account.is_empty()
         && !key.allowed_accounts.is_empty()
@@ -287,10 +287,7 @@ fn check_key(key: &KeyRecord, req: &wire::AuthorizeRequest, now: i64) -> Result<
 }
 
 fn deny(denial: &Denial, key: Option<wire::KeyMetadata>) -> wire::AuthorizeResponse {
-    wire::AuthorizeResponse {
-        verdict: Some(Verdict::Deny(denial.into())),
-        key,
-    }
+    wire::AuthorizeResponse { verdict: Some(Verdict::Deny(denial.into())), key }
 }
 
 fn metadata(key: &KeyRecord) -> wire::KeyMetadata {
@@ -333,10 +330,7 @@ fn entry_from_record(
         (true, _) => String::new(),
         (false, Some(l)) => l.clone(),
         (false, None) => {
-            let l = ledger
-                .key_by_id(&r.key_id)?
-                .map(|k| k.label)
-                .unwrap_or_default();
+            let l = ledger.key_by_id(&r.key_id)?.map(|k| k.label).unwrap_or_default();
             labels.insert(r.key_id.clone(), l.clone());
             l
         }
@@ -361,8 +355,7 @@ fn entry_from_record(
         reason: r.reason,
         outcome: outcome.into(),
         upstream_status: (r.http_status != 0).then_some(r.http_status),
-        amount_minor: (price.kind == Kind::Amount as i32 && !price.currency.is_empty())
-            .then_some(price.amount_minor),
+        amount_minor: (price.kind == Kind::Amount as i32 && !price.currency.is_empty()).then_some(price.amount_minor),
         currency: price.currency,
         usd_micros: (price.kind == Kind::Free as i32).then_some(0),
         price_basis: price.basis,

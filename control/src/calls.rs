@@ -8,8 +8,7 @@ use keybrake_core::money::UsdMicros;
 
 use crate::denial::Denial;
 use crate::model::{
-    AuditEntry, Bucket, CallRow, CallState, IdemRecord, IdemState, KeyRecord, ObjectAmount,
-    StoredResponse,
+    AuditEntry, Bucket, CallRow, CallState, IdemRecord, IdemState, KeyRecord, ObjectAmount, StoredResponse,
 };
 use crate::store::{Ledger, StoreError, StoreResult};
 use crate::usd::{resolve, FxTable, Resolved};
@@ -39,9 +38,11 @@ pub struct CallPlan {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begun {
+    /// `reserved` is the new reservation in micro-dollars (0 for a retry that took over one).
     Allowed {
         call_id: String,
         forwarded_key: String,
+        reserved: i64,
     },
     Replayed(StoredResponse),
     Denied(Denial),
@@ -72,36 +73,21 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
     let usd = resolved.usd();
     if let Resolved::Unpriced { reason } = &resolved {
         if plan.key.daily_cap.is_some() && !plan.key.allow_unpriced {
-            return deny(
-                ledger,
-                plan,
-                Some(&resolved),
-                Denial::UnpricedNotAllowed {
-                    reason: reason.clone(),
-                },
-            );
+            return deny(ledger, plan, Some(&resolved), Denial::UnpricedNotAllowed { reason: reason.clone() });
         }
     }
     if let Some(limit) = plan.key.max_per_call {
         if usd > limit {
-            return deny(
-                ledger,
-                plan,
-                Some(&resolved),
-                Denial::PerCallLimit { limit, amount: usd },
-            );
+            return deny(ledger, plan, Some(&resolved), Denial::PerCallLimit { limit, amount: usd });
         }
     }
 
-    let moves_money =
-        !matches!(&resolved, Resolved::Priced { usd: UsdMicros(0), basis, .. } if basis == "free");
+    let moves_money = !matches!(&resolved, Resolved::Priced { usd: UsdMicros(0), basis, .. } if basis == "free");
     let ops = op_keys(plan, moves_money);
     let mut existing: Vec<(OpKind, String, Option<IdemRecord>)> = Vec::new();
     let mut seen: Option<Seen> = None;
     for (kind, op_key) in ops {
-        let record = ledger
-            .idempotency(&plan.account, &op_key)?
-            .filter(|r| still_binding(r, kind, plan));
+        let record = ledger.idempotency(&plan.account, &op_key)?.filter(|r| still_binding(r, kind, plan));
         if let Some(r) = &record {
             let verdict = judge(r, kind, plan);
             if seen.as_ref().is_none_or(|s| rank(&verdict) < rank(s)) {
@@ -113,15 +99,9 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
 
     let mut retry: Option<IdemRecord> = None;
     match seen {
-        Some(Seen::Mismatch) => {
-            return deny(ledger, plan, Some(&resolved), Denial::IdempotencyMismatch)
-        }
-        Some(Seen::InFlight) => {
-            return deny(ledger, plan, Some(&resolved), Denial::IdempotencyInUse)
-        }
-        Some(Seen::Unreplayable) => {
-            return deny(ledger, plan, Some(&resolved), Denial::ReplayUnavailable)
-        }
+        Some(Seen::Mismatch) => return deny(ledger, plan, Some(&resolved), Denial::IdempotencyMismatch),
+        Some(Seen::InFlight) => return deny(ledger, plan, Some(&resolved), Denial::IdempotencyInUse),
+        Some(Seen::Unreplayable) => return deny(ledger, plan, Some(&resolved), Denial::ReplayUnavailable),
         Some(Seen::Replay(response)) => {
             // The caller's key now names this completed operation too, as it would at Stripe.
             for (kind, op_key, record) in &existing {
@@ -167,26 +147,10 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
             (old.key_id.clone(), old.day, old.amount_micros, old.bucket)
         }
         None => {
-            if usd.0 > 0
-                && !ledger.reserve(
-                    &plan.key.id,
-                    plan.day,
-                    usd.0,
-                    plan.key.daily_cap.map(|c| c.0),
-                )?
-            {
+            if usd.0 > 0 && !ledger.reserve(&plan.key.id, plan.day, usd.0, plan.key.daily_cap.map(|c| c.0))? {
                 let spend = ledger.spend(&plan.key.id, plan.day)?;
                 let cap = plan.key.daily_cap.unwrap_or(UsdMicros(0));
-                return deny(
-                    ledger,
-                    plan,
-                    Some(&resolved),
-                    Denial::CapExceeded {
-                        cap,
-                        spend,
-                        amount: usd,
-                    },
-                );
+                return deny(ledger, plan, Some(&resolved), Denial::CapExceeded { cap, spend, amount: usd });
             }
             (plan.key.id.clone(), plan.day, usd.0, Bucket::Reserved)
         }
@@ -214,13 +178,8 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
             response: None,
         };
         match record {
-            Some(old) if old.state == IdemState::Uncertain || old.state == IdemState::InFlight => {
-                ledger.update_idempotency(&IdemRecord {
-                    created_at: old.created_at,
-                    expires_at: old.expires_at,
-                    ..fresh
-                })?
-            }
+            Some(old) if old.state == IdemState::Uncertain || old.state == IdemState::InFlight => ledger
+                .update_idempotency(&IdemRecord { created_at: old.created_at, expires_at: old.expires_at, ..fresh })?,
             // A record that no longer binds (expired, outside the dedup window) is replaced.
             _ => match ledger.idempotency(&plan.account, op_key)? {
                 Some(_) => ledger.update_idempotency(&fresh)?,
@@ -251,6 +210,7 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
     Ok(Begun::Allowed {
         call_id: plan.call_id.clone(),
         forwarded_key,
+        reserved: if earlier.is_some() { 0 } else { amount },
     })
 }
 
@@ -280,8 +240,7 @@ fn still_binding(r: &IdemRecord, kind: OpKind, plan: &CallPlan) -> bool {
 }
 
 fn judge(r: &IdemRecord, kind: OpKind, plan: &CallPlan) -> Seen {
-    if kind == OpKind::Caller && (r.fingerprint != plan.fingerprint || r.endpoint != plan.endpoint)
-    {
+    if kind == OpKind::Caller && (r.fingerprint != plan.fingerprint || r.endpoint != plan.endpoint) {
         return Seen::Mismatch;
     }
     match (r.state, &r.response) {
@@ -303,12 +262,7 @@ fn rank(s: &Seen) -> u8 {
     }
 }
 
-fn deny(
-    ledger: &mut dyn Ledger,
-    plan: &CallPlan,
-    resolved: Option<&Resolved>,
-    denial: Denial,
-) -> StoreResult<Begun> {
+fn deny(ledger: &mut dyn Ledger, plan: &CallPlan, resolved: Option<&Resolved>, denial: Denial) -> StoreResult<Begun> {
     let mut entry = entry_for(plan, resolved, "denied", denial.code());
     entry.stage = "call".into();
     entry.outcome = "not_sent".into();
@@ -316,23 +270,13 @@ fn deny(
     Ok(Begun::Denied(denial))
 }
 
-fn entry_for(
-    plan: &CallPlan,
-    resolved: Option<&Resolved>,
-    decision: &str,
-    reason: &str,
-) -> AuditEntry {
+fn entry_for(plan: &CallPlan, resolved: Option<&Resolved>, decision: &str, reason: &str) -> AuditEntry {
     let mut e = plan.context.clone();
     e.call_id = plan.call_id.clone();
     e.decision = decision.into();
     e.reason = reason.into();
     match resolved {
-        Some(Resolved::Priced {
-            usd,
-            minor,
-            currency,
-            basis,
-        }) => {
+        Some(Resolved::Priced { usd, minor, currency, basis }) => {
             e.usd_micros = Some(usd.0);
             if !currency.is_empty() {
                 e.amount_minor = Some(*minor);
@@ -387,20 +331,24 @@ fn verdict(s: &Settlement) -> Verdict {
     }
 }
 
-/// Settles a call. Settling twice (a retried or orphaned settlement) changes nothing.
-pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<()> {
+/// What a settlement did, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub verdict: &'static str,
+    pub committed_micros: i64,
+}
+
+/// Settles a call. Settling twice (a retried or orphaned settlement) changes
+/// nothing and reports `None`.
+pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<Option<Settled>> {
     let Some(call) = ledger.call(&s.call_id)? else {
-        return Ok(());
+        return Ok(None);
     };
     if call.state != CallState::Pending {
-        return Ok(());
+        return Ok(None);
     }
     let v = verdict(s);
-    let object = if v == Verdict::Committed {
-        parse_object(&s.body, s.now_us / 1_000_000)
-    } else {
-        None
-    };
+    let object = if v == Verdict::Committed { parse_object(&s.body, s.now_us / 1_000_000) } else { None };
     let mut amount = call.amount_micros;
     let (state, bucket) = match v {
         Verdict::Committed => {
@@ -408,44 +356,20 @@ pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<()> {
             if call.unpriced {
                 if let Some(extra) = object.as_ref().and_then(object_usd) {
                     ledger.reserve(&call.key_id, call.day, extra, None)?;
-                    ledger.move_spend(
-                        &call.key_id,
-                        call.day,
-                        extra,
-                        Bucket::Reserved,
-                        Some(Bucket::Committed),
-                    )?;
+                    ledger.move_spend(&call.key_id, call.day, extra, Bucket::Reserved, Some(Bucket::Committed))?;
                     amount += extra;
                 }
             }
-            ledger.move_spend(
-                &call.key_id,
-                call.day,
-                call.amount_micros,
-                call.bucket,
-                Some(Bucket::Committed),
-            )?;
+            ledger.move_spend(&call.key_id, call.day, call.amount_micros, call.bucket, Some(Bucket::Committed))?;
             (CallState::Committed, Bucket::Committed)
         }
         Verdict::Refused | Verdict::NotExecuted => {
-            ledger.move_spend(
-                &call.key_id,
-                call.day,
-                call.amount_micros,
-                call.bucket,
-                None,
-            )?;
+            ledger.move_spend(&call.key_id, call.day, call.amount_micros, call.bucket, None)?;
             (CallState::Released, call.bucket)
         }
         Verdict::Uncertain => {
             if call.bucket != Bucket::Uncertain {
-                ledger.move_spend(
-                    &call.key_id,
-                    call.day,
-                    call.amount_micros,
-                    call.bucket,
-                    Some(Bucket::Uncertain),
-                )?;
+                ledger.move_spend(&call.key_id, call.day, call.amount_micros, call.bucket, Some(Bucket::Uncertain))?;
             }
             (CallState::Uncertain, Bucket::Uncertain)
         }
@@ -472,9 +396,7 @@ pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<()> {
                 record.response = response.clone();
                 ledger.update_idempotency(&record)?;
             }
-            Verdict::Refused | Verdict::NotExecuted => {
-                ledger.delete_idempotency(&record.account, &record.op_key)?
-            }
+            Verdict::Refused | Verdict::NotExecuted => ledger.delete_idempotency(&record.account, &record.op_key)?,
             Verdict::Uncertain => {
                 record.state = IdemState::Uncertain;
                 record.lease_expires_at = 0;
@@ -489,13 +411,13 @@ pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<()> {
     let mut entry = call.context.clone();
     entry.stage = "outcome".into();
     entry.at_us = s.now_us;
-    entry.reason = match v {
+    let verdict = match v {
         Verdict::Committed => "committed",
         Verdict::Refused => "refused_upstream",
         Verdict::NotExecuted => "not_executed",
         Verdict::Uncertain => "outcome_uncertain",
-    }
-    .into();
+    };
+    entry.reason = verdict.into();
     entry.outcome = match s.outcome {
         Outcome::Responded => "responded",
         Outcome::NotSent => "not_sent",
@@ -504,17 +426,15 @@ pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<()> {
     .into();
     entry.upstream_status = (s.http_status != 0).then_some(s.http_status);
     entry.request_id = s.request_id.clone();
-    entry.object_id = object
-        .as_ref()
-        .map(|o| o.object_id.clone())
-        .or_else(|| object_id(&s.body))
-        .unwrap_or_default();
+    entry.object_id = object.as_ref().map(|o| o.object_id.clone()).or_else(|| object_id(&s.body)).unwrap_or_default();
     entry.latency_us = Some(s.latency_us);
     entry.detail = s.detail.clone();
     if call.unpriced {
         entry.usd_micros = Some(amount);
     }
-    ledger.append_audit(&entry).map(|_| ())
+    ledger.append_audit(&entry)?;
+    let committed_micros = if v == Verdict::Committed { amount } else { 0 };
+    Ok(Some(Settled { verdict, committed_micros }))
 }
 
 /// Pending calls whose gateway never settled them become uncertain: the
@@ -541,15 +461,8 @@ fn parse_object(body: &[u8], now: i64) -> Option<ObjectAmount> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let id = v.get("id")?.as_str()?.to_owned();
     let currency = v.get("currency")?.as_str()?.to_ascii_lowercase();
-    let amount = ["amount", "amount_due", "amount_remaining"]
-        .iter()
-        .find_map(|k| v.get(*k)?.as_i64())?;
-    Some(ObjectAmount {
-        object_id: id,
-        currency,
-        amount_minor: amount,
-        seen_at: now,
-    })
+    let amount = ["amount", "amount_due", "amount_remaining"].iter().find_map(|k| v.get(*k)?.as_i64())?;
+    Some(ObjectAmount { object_id: id, currency, amount_minor: amount, seen_at: now })
 }
 
 fn object_id(body: &[u8]) -> Option<String> {
@@ -560,9 +473,7 @@ fn object_id(body: &[u8]) -> Option<String> {
 /// USD value of a USD-denominated object (other currencies need the FX table,
 /// which settlement does not consult; unpriced calls in them stay at zero).
 fn object_usd(o: &ObjectAmount) -> Option<i64> {
-    (o.currency == "usd")
-        .then(|| o.amount_minor.checked_mul(10_000))
-        .flatten()
+    (o.currency == "usd").then(|| o.amount_minor.checked_mul(10_000)).flatten()
 }
 
 impl From<StoreError> for Denial {

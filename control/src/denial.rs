@@ -11,29 +11,14 @@ pub enum Denial {
     KeyUnknown,
     KeyRevoked,
     KeyExpired,
-    WrongVendor {
-        key_vendor: String,
-        route_vendor: String,
-    },
-    OutOfScope {
-        method: String,
-        path: String,
-    },
+    WrongVendor { key_vendor: String, route_vendor: String },
+    OutOfScope { method: String, path: String },
     AccountNotAllowed,
-    UnpricedNotAllowed {
-        reason: String,
-    },
+    UnpricedNotAllowed { reason: String },
     CurrencyWithoutRate(String),
     CurrencyInvalid(String),
-    PerCallLimit {
-        limit: UsdMicros,
-        amount: UsdMicros,
-    },
-    CapExceeded {
-        cap: UsdMicros,
-        spend: Spend,
-        amount: UsdMicros,
-    },
+    PerCallLimit { limit: UsdMicros, amount: UsdMicros },
+    CapExceeded { cap: UsdMicros, spend: Spend, amount: UsdMicros },
     IdempotencyInUse,
     IdempotencyMismatch,
     ReplayUnavailable,
@@ -66,9 +51,8 @@ impl Denial {
 
     pub fn to_stripe_error(&self) -> StripeError {
         let code = self.code();
-        let invalid = |status: u16, message: String| {
-            StripeError::new(status, ErrorType::InvalidRequestError, code, message)
-        };
+        let invalid =
+            |status: u16, message: String| StripeError::new(status, ErrorType::InvalidRequestError, code, message);
         match self {
             Denial::KeyUnknown => invalid(401, "Invalid vault key provided: no such key.".into()),
             Denial::KeyRevoked => invalid(401, "This vault key has been revoked.".into()),
@@ -165,21 +149,13 @@ mod tests {
     fn cap_message_shows_cap_spent_and_amount() {
         let d = Denial::CapExceeded {
             cap: UsdMicros(32_990_000),
-            spend: Spend {
-                committed: 10_000_000,
-                reserved: 0,
-                uncertain: 0,
-            },
+            spend: Spend { committed: 10_000_000, reserved: 0, uncertain: 0 },
             amount: UsdMicros(2_999_000_000),
         };
         let e = d.to_stripe_error();
         assert_eq!(e.status, 429);
         assert!(e.message.contains("Spend cap exceeded"));
-        assert!(
-            e.message.contains("$32.99")
-                && e.message.contains("$10.00")
-                && e.message.contains("$2999.00")
-        );
+        assert!(e.message.contains("$32.99") && e.message.contains("$10.00") && e.message.contains("$2999.00"));
         assert_eq!(e.should_retry, Some(false));
     }
 }

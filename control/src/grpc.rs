@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::app::App;
 use crate::wire::gateway_server::Gateway;
 use crate::wire::{
-    AuthorizeRequest, AuthorizeResponse, CallRecordBatch, RecordCallsResponse, Revocation,
-    SettleRequest, SettleResponse, WatchRequest,
+    AuthorizeRequest, AuthorizeResponse, CallRecordBatch, RecordCallsResponse, Revocation, SettleRequest,
+    SettleResponse, WatchRequest,
 };
 
 pub struct GatewayService {
@@ -25,34 +25,17 @@ fn unavailable(e: crate::store::StoreError) -> Status {
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    async fn authorize(
-        &self,
-        request: Request<AuthorizeRequest>,
-    ) -> Result<Response<AuthorizeResponse>, Status> {
-        Ok(Response::new(
-            self.app.authorize(request.into_inner()).await,
-        ))
+    async fn authorize(&self, request: Request<AuthorizeRequest>) -> Result<Response<AuthorizeResponse>, Status> {
+        Ok(Response::new(self.app.authorize(request.into_inner()).await))
     }
 
-    async fn settle(
-        &self,
-        request: Request<SettleRequest>,
-    ) -> Result<Response<SettleResponse>, Status> {
-        self.app
-            .settle(request.into_inner())
-            .await
-            .map_err(unavailable)?;
+    async fn settle(&self, request: Request<SettleRequest>) -> Result<Response<SettleResponse>, Status> {
+        self.app.settle(request.into_inner()).await.map_err(unavailable)?;
         Ok(Response::new(SettleResponse {}))
     }
 
-    async fn record_calls(
-        &self,
-        request: Request<CallRecordBatch>,
-    ) -> Result<Response<RecordCallsResponse>, Status> {
-        self.app
-            .record_calls(request.into_inner())
-            .await
-            .map_err(unavailable)?;
+    async fn record_calls(&self, request: Request<CallRecordBatch>) -> Result<Response<RecordCallsResponse>, Status> {
+        self.app.record_calls(request.into_inner()).await.map_err(unavailable)?;
         Ok(Response::new(RecordCallsResponse {}))
     }
 
@@ -62,8 +45,6 @@ impl Gateway for GatewayService {
         &self,
         _request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        Err(Status::unimplemented(
-            "revocation streams are not served by this version",
-        ))
+        Err(Status::unimplemented("revocation streams are not served by this version"))
     }
 }

@@ -9,10 +9,7 @@ pub fn new_id(prefix: &str) -> String {
     // getrandom fails only when the OS has no entropy source at all; fall back
     // to time so ids stay unique (they are not secrets).
     if getrandom::fill(&mut bytes).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         bytes.copy_from_slice(&t.to_le_bytes()[..12]);
     }
     format!("{prefix}_{}", to_hex(&bytes))

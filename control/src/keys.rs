@@ -23,17 +23,20 @@ const MAX_SCOPES: usize = 64;
 const MAX_USD: i64 = 1_000_000_000 * 1_000_000;
 
 /// `POST /admin/vault_keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub label: String,
     pub vendor: String,
     pub allowed_endpoints: Vec<String>,
-    /// USD per UTC day; absent or null for no cap.
+    /// USD per UTC day; absent or null for no cap. A decimal (number or string), at most 6 places.
     #[serde(default)]
+    #[schema(value_type = Option<f64>, example = 32.99, minimum = 0)]
     pub daily_usd_cap: Option<DecimalText>,
+    #[schema(value_type = i64, example = 3600, minimum = 1, maximum = 2592000)]
     pub expires_in_seconds: Number,
     #[serde(default)]
+    #[schema(value_type = Option<f64>, minimum = 0)]
     pub max_amount_per_call_usd: Option<DecimalText>,
     /// Lets money-moving calls whose amount is not in the request through a capped key.
     #[serde(default)]
@@ -42,6 +45,7 @@ pub struct CreateKey {
     #[serde(default)]
     pub dedup: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 604800)]
     pub dedup_window_seconds: Option<Number>,
     /// `Stripe-Account` values the key may act for; empty means any.
     #[serde(default)]
@@ -57,10 +61,7 @@ pub struct Invalid {
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> Invalid {
-    Invalid {
-        param: param.into(),
-        message: message.into(),
-    }
+    Invalid { param: param.into(), message: message.into() }
 }
 
 impl CreateKey {
@@ -68,18 +69,12 @@ impl CreateKey {
     pub fn validate(&self) -> Result<ValidKey, Invalid> {
         let label = self.label.trim();
         if label.is_empty() || label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
-            return Err(invalid(
-                "label",
-                format!("label must be 1 to {MAX_LABEL_LEN} printable characters"),
-            ));
+            return Err(invalid("label", format!("label must be 1 to {MAX_LABEL_LEN} printable characters")));
         }
         let vendor = Vendor::parse(&self.vendor).ok_or_else(|| {
             invalid(
                 "vendor",
-                format!(
-                    "unknown vendor {:?}: use \"stripe\" (or \"keybrake\" for audit-scoped keys)",
-                    self.vendor
-                ),
+                format!("unknown vendor {:?}: use \"stripe\" (or \"keybrake\" for audit-scoped keys)", self.vendor),
             )
         })?;
         if self.allowed_endpoints.is_empty() || self.allowed_endpoints.len() > MAX_SCOPES {
@@ -90,25 +85,16 @@ impl CreateKey {
         }
         let mut scopes = Vec::new();
         for text in &self.allowed_endpoints {
-            let scope = Scope::from_str(text)
-                .map_err(|e| invalid("allowed_endpoints", format!("allowed_endpoints: {e}")))?;
-            vendor
-                .check_scope(&scope)
-                .map_err(|m| invalid("allowed_endpoints", format!("allowed_endpoints: {m}")))?;
+            let scope =
+                Scope::from_str(text).map_err(|e| invalid("allowed_endpoints", format!("allowed_endpoints: {e}")))?;
+            vendor.check_scope(&scope).map_err(|m| invalid("allowed_endpoints", format!("allowed_endpoints: {m}")))?;
             if !scopes.contains(&scope) {
                 scopes.push(scope);
             }
         }
-        let daily_cap = self
-            .daily_usd_cap
-            .as_ref()
-            .map(|n| usd("daily_usd_cap", n))
-            .transpose()?;
-        let max_per_call = self
-            .max_amount_per_call_usd
-            .as_ref()
-            .map(|n| usd("max_amount_per_call_usd", n))
-            .transpose()?;
+        let daily_cap = self.daily_usd_cap.as_ref().map(|n| usd("daily_usd_cap", n)).transpose()?;
+        let max_per_call =
+            self.max_amount_per_call_usd.as_ref().map(|n| usd("max_amount_per_call_usd", n)).transpose()?;
         let ttl = whole("expires_in_seconds", &self.expires_in_seconds)?;
         if !(1..=MAX_TTL_SECS).contains(&ttl) {
             return Err(invalid(
@@ -118,9 +104,8 @@ impl CreateKey {
         }
         let dedup = match self.dedup.as_deref() {
             None => DedupMode::Content,
-            Some(m) => DedupMode::parse(m).ok_or_else(|| {
-                invalid("dedup", "dedup must be \"content\" or \"idempotency_key\"")
-            })?,
+            Some(m) => DedupMode::parse(m)
+                .ok_or_else(|| invalid("dedup", "dedup must be \"content\" or \"idempotency_key\""))?,
         };
         let window = match &self.dedup_window_seconds {
             None => 86_400,
@@ -133,14 +118,8 @@ impl CreateKey {
             ));
         }
         for a in &self.allowed_accounts {
-            if !a.starts_with("acct_")
-                || a.len() > 255
-                || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(invalid(
-                    "allowed_accounts",
-                    format!("{a:?} is not a Stripe account id (acct_...)"),
-                ));
+            if !a.starts_with("acct_") || a.len() > 255 || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(invalid("allowed_accounts", format!("{a:?} is not a Stripe account id (acct_...)")));
             }
         }
         Ok(ValidKey {
@@ -204,9 +183,7 @@ impl<'de> Deserialize<'de> for DecimalText {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::Number(n) => Ok(DecimalText(n.to_string())),
             serde_json::Value::String(s) => Ok(DecimalText(s)),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a decimal number, got {other}"
-            ))),
+            other => Err(serde::de::Error::custom(format!("expected a decimal number, got {other}"))),
         }
     }
 }
@@ -217,12 +194,8 @@ fn usd(param: &str, n: &DecimalText) -> Result<UsdMicros, Invalid> {
     if text.starts_with('-') {
         return Err(invalid(param, format!("{param} must not be negative")));
     }
-    let v = UsdMicros::parse_decimal(text).map_err(|e| {
-        invalid(
-            param,
-            format!("{param}: {e} (use a plain decimal like 32.99)"),
-        )
-    })?;
+    let v = UsdMicros::parse_decimal(text)
+        .map_err(|e| invalid(param, format!("{param}: {e} (use a plain decimal like 32.99)")))?;
     if v.0 > MAX_USD {
         return Err(invalid(param, format!("{param} is too large")));
     }
@@ -230,19 +203,17 @@ fn usd(param: &str, n: &DecimalText) -> Result<UsdMicros, Invalid> {
 }
 
 fn whole(param: &str, n: &Number) -> Result<i64, Invalid> {
-    n.as_i64()
-        .ok_or_else(|| invalid(param, format!("{param} must be a whole number of seconds")))
+    n.as_i64().ok_or_else(|| invalid(param, format!("{param} must be a whole number of seconds")))
 }
 
 /// A USD amount as an exact JSON number (`32.99`, never a float).
 pub fn usd_number(v: UsdMicros) -> Number {
     let text = v.to_string();
-    Number::from_str(text.trim_start_matches('$').trim_start_matches("-$"))
-        .unwrap_or_else(|_| Number::from(0))
+    Number::from_str(text.trim_start_matches('$').trim_start_matches("-$")).unwrap_or_else(|_| Number::from(0))
 }
 
 /// A key as the admin API shows it (never the secret).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: String,
     pub object: &'static str,
@@ -250,7 +221,9 @@ pub struct KeyView {
     pub vendor: &'static str,
     pub allowed_endpoints: Vec<String>,
     pub allowed_accounts: Vec<String>,
+    #[schema(value_type = Option<f64>)]
     pub daily_usd_cap: Option<Number>,
+    #[schema(value_type = Option<f64>)]
     pub max_amount_per_call_usd: Option<Number>,
     pub allow_unpriced_calls: bool,
     pub dedup: &'static str,
@@ -261,9 +234,13 @@ pub struct KeyView {
     pub state: KeyState,
     /// UTC day the spend figures are for.
     pub usage_day: String,
+    #[schema(value_type = f64)]
     pub spent_today_usd: Number,
+    #[schema(value_type = f64)]
     pub reserved_usd: Number,
+    #[schema(value_type = f64)]
     pub uncertain_usd: Number,
+    #[schema(value_type = Option<f64>)]
     pub remaining_today_usd: Option<Number>,
 }
 
@@ -289,9 +266,7 @@ impl KeyView {
             spent_today_usd: usd_number(UsdMicros(spend.committed)),
             reserved_usd: usd_number(UsdMicros(spend.reserved)),
             uncertain_usd: usd_number(UsdMicros(spend.uncertain)),
-            remaining_today_usd: k
-                .daily_cap
-                .map(|c| usd_number(UsdMicros((c.0 - spend.total()).max(0)))),
+            remaining_today_usd: k.daily_cap.map(|c| usd_number(UsdMicros((c.0 - spend.total()).max(0)))),
         }
     }
 }
@@ -302,8 +277,7 @@ mod tests {
 
     fn req(json: &str) -> Result<ValidKey, String> {
         let r: CreateKey = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        r.validate()
-            .map_err(|e| format!("{}: {}", e.param, e.message))
+        r.validate().map_err(|e| format!("{}: {}", e.param, e.message))
     }
 
     const OK: &str = r#"{"label":"ray-billing-cus_123","vendor":"stripe","allowed_endpoints":["POST /v1/charges"],"daily_usd_cap":32.99,"expires_in_seconds":3600}"#;
@@ -322,16 +296,8 @@ mod tests {
     fn rejects_what_is_wrong_with_a_reason() {
         let cases = [
             (r#""vendor":"stripe""#, r#""vendor":"paypal""#, "vendor"),
-            (
-                r#"["POST /v1/charges"]"#,
-                r#"["POST v1/charges"]"#,
-                "allowed_endpoints",
-            ),
-            (
-                r#"["POST /v1/charges"]"#,
-                r#"["GET /admin/audit"]"#,
-                "allowed_endpoints",
-            ),
+            (r#"["POST /v1/charges"]"#, r#"["POST v1/charges"]"#, "allowed_endpoints"),
+            (r#"["POST /v1/charges"]"#, r#"["GET /admin/audit"]"#, "allowed_endpoints"),
             (r#"["POST /v1/charges"]"#, r#"[]"#, "allowed_endpoints"),
             ("32.99", "-1", "daily_usd_cap"),
             ("32.99", "1e3", "daily_usd_cap"),
@@ -339,11 +305,7 @@ mod tests {
             ("3600}", "0}", "expires_in_seconds"),
             ("3600}", "99999999}", "expires_in_seconds"),
             ("3600}", "1.5}", "expires_in_seconds"),
-            (
-                r#""label":"ray-billing-cus_123""#,
-                r#""label":"  ""#,
-                "label",
-            ),
+            (r#""label":"ray-billing-cus_123""#, r#""label":"  ""#, "label"),
         ];
         for (from, to, param) in cases {
             assert!(OK.contains(from), "{from}");
@@ -351,11 +313,7 @@ mod tests {
             let err = req(&json).unwrap_err();
             assert!(err.starts_with(param), "{json} -> {err}");
         }
-        assert!(req(&OK.replace('}', r#","surprise":1}"#))
-            .unwrap_err()
-            .contains("unknown field"));
-        assert!(req(r#"{"label":"x"}"#)
-            .unwrap_err()
-            .contains("missing field"));
+        assert!(req(&OK.replace('}', r#","surprise":1}"#)).unwrap_err().contains("unknown field"));
+        assert!(req(r#"{"label":"x"}"#).unwrap_err().contains("missing field"));
     }
 }

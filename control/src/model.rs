@@ -52,7 +52,7 @@ pub struct KeyRecord {
 }
 
 /// Lifecycle state of a key at a moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     Active,
@@ -218,7 +218,7 @@ pub struct ObjectAmount {
 }
 
 /// USD per one major unit of a currency, as decimal text, with the date it holds for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FxRate {
     pub currency: String,
     pub usd_per_unit: String,

@@ -66,25 +66,16 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     pub fn new(stripe_key: Secret, admin_key: &Secret) -> Result<Vault, SecretError> {
         let k = stripe_key.expose();
-        if !(k.starts_with("sk_") || k.starts_with("rk_"))
-            || k.len() < 8
-            || k.contains(char::is_whitespace)
-        {
+        if !(k.starts_with("sk_") || k.starts_with("rk_")) || k.len() < 8 || k.contains(char::is_whitespace) {
             return Err(SecretError::Invalid(
                 "KEYBRAKE_STRIPE_SECRET_KEY",
                 "must be a Stripe secret (sk_...) or restricted (rk_...) key",
             ));
         }
         if admin_key.expose().len() < 16 {
-            return Err(SecretError::Invalid(
-                "KEYBRAKE_ADMIN_KEY",
-                "must be at least 16 characters",
-            ));
+            return Err(SecretError::Invalid("KEYBRAKE_ADMIN_KEY", "must be at least 16 characters"));
         }
-        Ok(Vault {
-            stripe_key,
-            admin_key_hash: Sha256::digest(admin_key.expose().as_bytes()).into(),
-        })
+        Ok(Vault { stripe_key, admin_key_hash: Sha256::digest(admin_key.expose().as_bytes()).into() })
     }
 
     /// `Authorization` value for the vendor's API.
@@ -115,25 +106,13 @@ mod tests {
 
     #[test]
     fn checks_keys_and_never_prints_them() {
-        let v = Vault::new(
-            Secret::new("sk_test_abcdef".into()),
-            &Secret::new("admin-key-0123456789".into()),
-        )
-        .unwrap();
+        let v = Vault::new(Secret::new("sk_test_abcdef".into()), &Secret::new("admin-key-0123456789".into())).unwrap();
         assert!(v.is_admin_key("admin-key-0123456789"));
         assert!(!v.is_admin_key("admin-key-012345678"));
         assert!(!format!("{v:?}").contains("sk_test"));
         assert_ne!(v.account_scope(""), v.account_scope("acct_1"));
         assert!(!v.account_scope("").contains("sk_test"));
-        assert!(Vault::new(
-            Secret::new("pk_test_abc".into()),
-            &Secret::new("admin-key-0123456789".into())
-        )
-        .is_err());
-        assert!(Vault::new(
-            Secret::new("sk_test_abcdef".into()),
-            &Secret::new("short".into())
-        )
-        .is_err());
+        assert!(Vault::new(Secret::new("pk_test_abc".into()), &Secret::new("admin-key-0123456789".into())).is_err());
+        assert!(Vault::new(Secret::new("sk_test_abcdef".into()), &Secret::new("short".into())).is_err());
     }
 }

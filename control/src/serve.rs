@@ -34,11 +34,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYBRAKE_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
     pub http_listen: SocketAddr,
     /// How long completed idempotency records are kept, in seconds.
-    #[arg(
-        long,
-        env = "KEYBRAKE_IDEMPOTENCY_TTL_SECONDS",
-        default_value_t = 86_400
-    )]
+    #[arg(long, env = "KEYBRAKE_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
     pub idempotency_ttl_seconds: i64,
     /// How long a forwarded call may stay unsettled before it counts as uncertain, in seconds.
     #[arg(long, env = "KEYBRAKE_LEASE_SECONDS", default_value_t = 300)]
@@ -54,19 +50,15 @@ pub struct ServeArgs {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stripe_key = secrets::from_env("KEYBRAKE_STRIPE_SECRET_KEY")?
         .ok_or(secrets::SecretError::Missing("KEYBRAKE_STRIPE_SECRET_KEY"))?;
-    let admin_key = secrets::from_env("KEYBRAKE_ADMIN_KEY")?
-        .ok_or(secrets::SecretError::Missing("KEYBRAKE_ADMIN_KEY"))?;
+    let admin_key =
+        secrets::from_env("KEYBRAKE_ADMIN_KEY")?.ok_or(secrets::SecretError::Missing("KEYBRAKE_ADMIN_KEY"))?;
     let vault = Vault::new(stripe_key, &admin_key)?;
 
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let db = args.data_dir.join("keybrake.db");
-    let store =
-        Store::Sqlite(SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?);
-    let limits = Limits {
-        record_ttl_secs: args.idempotency_ttl_seconds.max(60),
-        lease_secs: args.lease_seconds.max(1),
-    };
+    let store = Store::Sqlite(SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?);
+    let limits =
+        Limits { record_ttl_secs: args.idempotency_ttl_seconds.max(60), lease_secs: args.lease_seconds.max(1) };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Arc::new(App::new(store, vault, clock, limits));
     if let Some(path) = &args.fx_rates_file {
@@ -74,30 +66,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     app.refresh_fx().await?;
 
-    let grpc = TcpListener::bind(args.grpc_listen)
-        .await
-        .with_context(|| format!("binding {}", args.grpc_listen))?;
-    let http = TcpListener::bind(args.http_listen)
-        .await
-        .with_context(|| format!("binding {}", args.http_listen))?;
+    let grpc = TcpListener::bind(args.grpc_listen).await.with_context(|| format!("binding {}", args.grpc_listen))?;
+    let http = TcpListener::bind(args.http_listen).await.with_context(|| format!("binding {}", args.http_listen))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     tracing::info!(%grpc_addr, %http_addr, storage = app.store.backend_name(), "keybrake control service started");
     // Tests and scripts wait for this line to learn the ports.
     println!("READY grpc={grpc_addr} http={http_addr}");
 
-    tokio::spawn(sweep(
-        app.clone(),
-        Duration::from_millis(args.sweep_interval_ms.max(10)),
-    ));
+    tokio::spawn(sweep(app.clone(), Duration::from_millis(args.sweep_interval_ms.max(10))));
     let grpc_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(GatewayServer::new(GatewayService { app: app.clone() }))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            shutdown_signal(),
-        );
-    let http_server = axum::serve(http, crate::admin::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal());
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown_signal());
+    let http_server = axum::serve(http, crate::admin::router(app.clone())).with_graceful_shutdown(shutdown_signal());
     let (g, h) = tokio::join!(grpc_server, http_server);
     g?;
     h?;
@@ -123,8 +104,8 @@ pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
 
 async fn load_fx_file(app: &App, path: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let request: crate::admin::SetRatesFile = crate::admin::parse_fx_file(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let request: crate::admin::SetRatesFile =
+        crate::admin::parse_fx_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let now = app.clock.now_us() / 1_000_000;
     app.store
         .write(move |l| {
@@ -152,10 +133,9 @@ async fn sweep(app: Arc<App>, every: Duration) {
             })
             .await;
         match result {
-            Ok((expired, _)) if expired > 0 => tracing::warn!(
-                expired,
-                "unsettled calls marked uncertain after their lease"
-            ),
+            Ok((expired, _)) if expired > 0 => {
+                tracing::warn!(expired, "unsettled calls marked uncertain after their lease")
+            }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "sweep failed"),
         }

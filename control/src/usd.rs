@@ -19,12 +19,7 @@ pub type FxTable = HashMap<String, FxRate>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// What the call moves, in USD and in its own currency.
-    Priced {
-        usd: UsdMicros,
-        minor: i64,
-        currency: String,
-        basis: String,
-    },
+    Priced { usd: UsdMicros, minor: i64, currency: String, basis: String },
     /// Moves money of an unknown amount.
     Unpriced { reason: String },
 }
@@ -39,11 +34,7 @@ impl Resolved {
 }
 
 /// Prices a call; `Err(Denial)` for a currency without a rate or a malformed price.
-pub fn resolve(
-    ledger: &mut dyn Ledger,
-    price: &Price,
-    fx: &FxTable,
-) -> StoreResult<Result<Resolved, Denial>> {
+pub fn resolve(ledger: &mut dyn Ledger, price: &Price, fx: &FxTable) -> StoreResult<Result<Resolved, Denial>> {
     let kind = Kind::try_from(price.kind).unwrap_or(Kind::Unspecified);
     let (minor, currency, basis) = match kind {
         Kind::Free => {
@@ -54,52 +45,25 @@ pub fn resolve(
                 basis: "free".into(),
             }))
         }
-        Kind::Unpriced => {
-            return Ok(Ok(Resolved::Unpriced {
-                reason: price.basis.clone(),
-            }))
-        }
-        Kind::Unspecified => {
-            return Ok(Err(Denial::BadRequest("the call carries no price".into())))
-        }
-        Kind::Amount if !price.currency.is_empty() => (
-            price.amount_minor,
-            price.currency.clone(),
-            price.basis.clone(),
-        ),
+        Kind::Unpriced => return Ok(Ok(Resolved::Unpriced { reason: price.basis.clone() })),
+        Kind::Unspecified => return Ok(Err(Denial::BadRequest("the call carries no price".into()))),
+        Kind::Amount if !price.currency.is_empty() => (price.amount_minor, price.currency.clone(), price.basis.clone()),
         Kind::Amount => match ledger.object(&price.object_id)? {
-            Some(o) => (
-                price.amount_minor,
-                o.currency,
-                format!("{} in the currency of {}", price.basis, price.object_id),
-            ),
+            Some(o) => {
+                (price.amount_minor, o.currency, format!("{} in the currency of {}", price.basis, price.object_id))
+            }
             None => return Ok(Ok(unknown_object(&price.object_id, "currency"))),
         },
         Kind::ObjectAmount => match ledger.object(&price.object_id)? {
-            Some(o) => (
-                o.amount_minor,
-                o.currency,
-                format!("recorded amount of {}", price.object_id),
-            ),
+            Some(o) => (o.amount_minor, o.currency, format!("recorded amount of {}", price.object_id)),
             None => return Ok(Ok(unknown_object(&price.object_id, "amount"))),
         },
     };
-    Ok(
-        to_usd(minor, &currency, price.payout, fx).map(|usd| Resolved::Priced {
-            usd,
-            minor,
-            currency,
-            basis,
-        }),
-    )
+    Ok(to_usd(minor, &currency, price.payout, fx).map(|usd| Resolved::Priced { usd, minor, currency, basis }))
 }
 
 fn unknown_object(object_id: &str, what: &str) -> Resolved {
-    Resolved::Unpriced {
-        reason: format!(
-            "the {what} of {object_id} is unknown: it was not created through Keybrake"
-        ),
-    }
+    Resolved::Unpriced { reason: format!("the {what} of {object_id} is unknown: it was not created through Keybrake") }
 }
 
 /// Converts an amount in a currency's minor unit to USD, rounding up.
@@ -124,63 +88,27 @@ mod tests {
     use super::*;
 
     fn fx() -> FxTable {
-        [
-            ("jpy", "0.0067"),
-            ("kwd", "3.25"),
-            ("isk", "0.0072"),
-            ("ugx", "0.00027"),
-        ]
-        .into_iter()
-        .map(|(c, r)| {
-            (
-                c.to_owned(),
-                FxRate {
-                    currency: c.into(),
-                    usd_per_unit: r.into(),
-                    as_of: "2026-11-26".into(),
-                },
-            )
-        })
-        .collect()
+        [("jpy", "0.0067"), ("kwd", "3.25"), ("isk", "0.0072"), ("ugx", "0.00027")]
+            .into_iter()
+            .map(|(c, r)| {
+                (c.to_owned(), FxRate { currency: c.into(), usd_per_unit: r.into(), as_of: "2026-11-26".into() })
+            })
+            .collect()
     }
 
     #[test]
     fn currencies_follow_stripes_minor_units() {
-        assert_eq!(
-            to_usd(2999, "usd", false, &fx()).unwrap(),
-            UsdMicros(29_990_000)
-        );
+        assert_eq!(to_usd(2999, "usd", false, &fx()).unwrap(), UsdMicros(29_990_000));
         // 1,000 JPY (zero-decimal) at 0.0067 = $6.70
-        assert_eq!(
-            to_usd(1000, "jpy", false, &fx()).unwrap(),
-            UsdMicros(6_700_000)
-        );
+        assert_eq!(to_usd(1000, "jpy", false, &fx()).unwrap(), UsdMicros(6_700_000));
         // 1.500 KWD (three-decimal) at 3.25 = $4.875
-        assert_eq!(
-            to_usd(1500, "kwd", false, &fx()).unwrap(),
-            UsdMicros(4_875_000)
-        );
+        assert_eq!(to_usd(1500, "kwd", false, &fx()).unwrap(), UsdMicros(4_875_000));
         // ISK is two-decimal in Stripe's API: amount 50000 is 500 ISK = $3.60
-        assert_eq!(
-            to_usd(50_000, "isk", false, &fx()).unwrap(),
-            UsdMicros(3_600_000)
-        );
+        assert_eq!(to_usd(50_000, "isk", false, &fx()).unwrap(), UsdMicros(3_600_000));
         // UGX: zero-decimal for charges, two-decimal for payouts.
-        assert_eq!(
-            to_usd(10_000, "ugx", false, &fx()).unwrap(),
-            UsdMicros(2_700_000)
-        );
-        assert_eq!(
-            to_usd(10_000, "ugx", true, &fx()).unwrap(),
-            UsdMicros(27_000)
-        );
-        assert_eq!(
-            to_usd(1, "eur", false, &fx()),
-            Err(Denial::CurrencyWithoutRate("eur".into()))
-        );
-        assert!(matches!(
-            to_usd(1, "e$r", false, &fx()),
-            Err(Denial::CurrencyInvalid(_))
-        ));
+        assert_eq!(to_usd(10_000, "ugx", false, &fx()).unwrap(), UsdMicros(2_700_000));
+        assert_eq!(to_usd(10_000, "ugx", true, &fx()).unwrap(), UsdMicros(27_000));
+        assert_eq!(to_usd(1, "eur", false, &fx()), Err(Denial::CurrencyWithoutRate("eur".into())));
+        assert!(matches!(to_usd(1, "e$r", false, &fx()), Err(Denial::CurrencyInvalid(_))));
     }
 }

@@ -46,14 +46,7 @@ async fn settle(h: &Harness, call_id: &str, outcome: Outcome, status: u32, body:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reservations_never_exceed_the_cap() {
     for h in backends().await {
-        let key = h
-            .key(
-                "cohort",
-                "POST /v1/charges",
-                Some("1000"),
-                r#""dedup":"idempotency_key""#,
-            )
-            .await;
+        let key = h.key("cohort", "POST /v1/charges", Some("1000"), r#""dedup":"idempotency_key""#).await;
         let mut tasks = Vec::new();
         for i in 0..200 {
             let app = h.app.clone();
@@ -78,37 +71,16 @@ async fn concurrent_reservations_never_exceed_the_cap() {
 async fn settlement_commits_releases_or_marks_uncertain() {
     for h in backends().await {
         let key = h.key("settle", "POST /v1/charges", Some("100"), "").await;
-        let (ok, _) = allowed_call(verdict(
-            &h,
-            h.app.authorize(charge(&key, 2000, "usd", "a")).await,
-        ));
-        let (declined, _) = allowed_call(verdict(
-            &h,
-            h.app.authorize(charge(&key, 3000, "usd", "b")).await,
-        ));
-        let (lost, _) = allowed_call(verdict(
-            &h,
-            h.app.authorize(charge(&key, 4000, "usd", "c")).await,
-        ));
-        settle(
-            &h,
-            &ok,
-            Outcome::Responded,
-            200,
-            r#"{"id":"ch_1","currency":"usd","amount":2000}"#,
-        )
-        .await;
+        let (ok, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 2000, "usd", "a")).await));
+        let (declined, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 3000, "usd", "b")).await));
+        let (lost, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 4000, "usd", "c")).await));
+        settle(&h, &ok, Outcome::Responded, 200, r#"{"id":"ch_1","currency":"usd","amount":2000}"#).await;
         settle(&h, &declined, Outcome::Responded, 402, r#"{"error":{}}"#).await;
         settle(&h, &lost, Outcome::Uncertain, 0, "").await;
         // Settling twice changes nothing.
         settle(&h, &ok, Outcome::Responded, 402, "").await;
         let s = h.spend(&key).await;
-        assert_eq!(
-            (s.committed, s.reserved, s.uncertain),
-            (20_000_000, 0, 40_000_000),
-            "{}",
-            h.name
-        );
+        assert_eq!((s.committed, s.reserved, s.uncertain), (20_000_000, 0, 40_000_000), "{}", h.name);
     }
 }
 
@@ -118,37 +90,18 @@ async fn the_same_operation_is_one_operation() {
         let key = h.key("dedup", "POST /v1/charges", Some("100"), "").await;
         let first = charge(&key, 1500, "usd", "caller-1");
         let (call, forwarded) = allowed_call(verdict(&h, h.app.authorize(first.clone()).await));
-        assert!(
-            forwarded.starts_with("kb_"),
-            "content dedup sends a derived key"
-        );
+        assert!(forwarded.starts_with("kb_"), "content dedup sends a derived key");
         // In flight: the same key, or the same content under a new key, is refused with 409.
-        assert_eq!(
-            denied_code(verdict(&h, h.app.authorize(first.clone()).await)),
-            "idempotency_key_in_use"
-        );
+        assert_eq!(denied_code(verdict(&h, h.app.authorize(first.clone()).await)), "idempotency_key_in_use");
         let mut retry = first.clone();
         retry.idempotency_key = "caller-2".into();
-        assert_eq!(
-            denied_code(verdict(&h, h.app.authorize(retry.clone()).await)),
-            "idempotency_key_in_use"
-        );
-        settle(
-            &h,
-            &call,
-            Outcome::Responded,
-            200,
-            r#"{"id":"ch_9","currency":"usd","amount":1500}"#,
-        )
-        .await;
+        assert_eq!(denied_code(verdict(&h, h.app.authorize(retry.clone()).await)), "idempotency_key_in_use");
+        settle(&h, &call, Outcome::Responded, 200, r#"{"id":"ch_9","currency":"usd","amount":1500}"#).await;
         for again in [first.clone(), retry.clone()] {
             match verdict(&h, h.app.authorize(again).await) {
                 Verdict::Replay(r) => assert_eq!(
                     (r.http_status, r.body.as_slice()),
-                    (
-                        200,
-                        br#"{"id":"ch_9","currency":"usd","amount":1500}"#.as_slice()
-                    )
+                    (200, br#"{"id":"ch_9","currency":"usd","amount":1500}"#.as_slice())
                 ),
                 other => panic!("{}: expected replay, got {other:?}", h.name),
             }
@@ -156,51 +109,24 @@ async fn the_same_operation_is_one_operation() {
         // The caller's key reused with other parameters: 400.
         let mut other = charge(&key, 999, "usd", "caller-1");
         other.fingerprint = "f".repeat(64);
-        assert_eq!(
-            denied_code(verdict(&h, h.app.authorize(other).await)),
-            "idempotency_key_reused"
-        );
-        assert_eq!(
-            h.spend(&key).await.committed,
-            15_000_000,
-            "{}: counted once",
-            h.name
-        );
+        assert_eq!(denied_code(verdict(&h, h.app.authorize(other).await)), "idempotency_key_reused");
+        assert_eq!(h.spend(&key).await.committed, 15_000_000, "{}: counted once", h.name);
     }
 }
 
 #[tokio::test]
 async fn a_retry_of_an_uncertain_call_reuses_its_key_and_its_amount() {
     for h in backends().await {
-        let key = h
-            .key("uncertain", "POST /v1/charges", Some("100"), "")
-            .await;
+        let key = h.key("uncertain", "POST /v1/charges", Some("100"), "").await;
         let req = charge(&key, 5000, "usd", "");
         let (first, forwarded) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
         settle(&h, &first, Outcome::Uncertain, 0, "").await;
-        let (second, forwarded_again) =
-            allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
+        let (second, forwarded_again) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
         assert_ne!(first, second);
-        assert_eq!(
-            forwarded, forwarded_again,
-            "{}: Stripe sees the same key and returns the original",
-            h.name
-        );
+        assert_eq!(forwarded, forwarded_again, "{}: Stripe sees the same key and returns the original", h.name);
         let s = h.spend(&key).await;
-        assert_eq!(
-            (s.reserved, s.uncertain),
-            (0, 50_000_000),
-            "{}: no second reservation",
-            h.name
-        );
-        settle(
-            &h,
-            &second,
-            Outcome::Responded,
-            200,
-            r#"{"id":"ch_2","currency":"usd","amount":5000}"#,
-        )
-        .await;
+        assert_eq!((s.reserved, s.uncertain), (0, 50_000_000), "{}: no second reservation", h.name);
+        settle(&h, &second, Outcome::Responded, 200, r#"{"id":"ch_2","currency":"usd","amount":5000}"#).await;
         let s = h.spend(&key).await;
         assert_eq!((s.committed, s.uncertain), (50_000_000, 0), "{}", h.name);
     }
@@ -210,10 +136,7 @@ async fn a_retry_of_an_uncertain_call_reuses_its_key_and_its_amount() {
 async fn a_lost_lease_counts_as_uncertain_and_a_lost_answer_is_released() {
     for h in backends().await {
         let key = h.key("lease", "POST /v1/charges", Some("100"), "").await;
-        let (forgotten, _) = allowed_call(verdict(
-            &h,
-            h.app.authorize(charge(&key, 1000, "usd", "x")).await,
-        ));
+        let (forgotten, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 1000, "usd", "x")).await));
         let mut unanswered = charge(&key, 2000, "usd", "y");
         unanswered.call_id = "call_unanswered0001".into();
         allowed_call(verdict(&h, h.app.authorize(unanswered).await));
@@ -224,73 +147,33 @@ async fn a_lost_lease_counts_as_uncertain_and_a_lost_answer_is_released() {
         assert_eq!((s.reserved, s.uncertain), (0, 10_000_000), "{}", h.name);
         // Its settlement arriving late still settles it.
         settle(&h, &forgotten, Outcome::Responded, 200, "{}").await;
-        assert_eq!(
-            h.spend(&key).await.uncertain,
-            10_000_000,
-            "{}: a lapsed call stays uncertain",
-            h.name
-        );
+        assert_eq!(h.spend(&key).await.uncertain, 10_000_000, "{}: a lapsed call stays uncertain", h.name);
     }
 }
 
 #[tokio::test]
 async fn caps_reset_each_utc_day() {
     for h in backends().await {
-        let key = h
-            .key(
-                "daily",
-                "POST /v1/charges",
-                Some("10"),
-                r#""expires_in_seconds":172800"#,
-            )
-            .await;
-        allowed_call(verdict(
-            &h,
-            h.app.authorize(charge(&key, 1000, "usd", "d1")).await,
-        ));
-        assert_eq!(
-            denied_code(verdict(
-                &h,
-                h.app.authorize(charge(&key, 1, "usd", "d2")).await
-            )),
-            "spend_cap_exceeded"
-        );
+        let key = h.key("daily", "POST /v1/charges", Some("10"), r#""expires_in_seconds":172800"#).await;
+        allowed_call(verdict(&h, h.app.authorize(charge(&key, 1000, "usd", "d1")).await));
+        assert_eq!(denied_code(verdict(&h, h.app.authorize(charge(&key, 1, "usd", "d2")).await)), "spend_cap_exceeded");
         h.clock.0.fetch_add(86_400 * 1_000_000, Ordering::SeqCst);
-        allowed_call(verdict(
-            &h,
-            h.app.authorize(charge(&key, 999, "usd", "d3")).await,
-        ));
+        allowed_call(verdict(&h, h.app.authorize(charge(&key, 999, "usd", "d3")).await));
     }
 }
 
 #[tokio::test]
 async fn unpriced_object_and_fx_pricing() {
     for h in backends().await {
-        let key = h
-            .key(
-                "pricing",
-                "POST /v1/payment_intents/*/confirm",
-                Some("100"),
-                "",
-            )
-            .await;
+        let key = h.key("pricing", "POST /v1/payment_intents/*/confirm", Some("100"), "").await;
         let mut confirm = charge(&key, 0, "", "");
         confirm.path = "/v1/payment_intents/pi_1/confirm".into();
-        confirm.price = Some(Price {
-            kind: price::Kind::ObjectAmount as i32,
-            object_id: "pi_1".into(),
-            ..Default::default()
-        });
-        assert_eq!(
-            denied_code(verdict(&h, h.app.authorize(confirm.clone()).await)),
-            "unpriced_call_not_allowed"
-        );
+        confirm.price =
+            Some(Price { kind: price::Kind::ObjectAmount as i32, object_id: "pi_1".into(), ..Default::default() });
+        assert_eq!(denied_code(verdict(&h, h.app.authorize(confirm.clone()).await)), "unpriced_call_not_allowed");
         let jpy = h.key("jpy", "POST /v1/charges", Some("100"), "").await;
         assert_eq!(
-            denied_code(verdict(
-                &h,
-                h.app.authorize(charge(&jpy, 1000, "jpy", "j")).await
-            )),
+            denied_code(verdict(&h, h.app.authorize(charge(&jpy, 1000, "jpy", "j")).await)),
             "currency_without_fx_rate"
         );
     }
@@ -300,39 +183,14 @@ async fn unpriced_object_and_fx_pricing() {
 async fn the_audit_chain_records_every_decision_and_verifies() {
     for h in backends().await {
         let key = h.key("audit", "POST /v1/charges", Some("15"), "").await;
-        let (call, _) = allowed_call(verdict(
-            &h,
-            h.app.authorize(charge(&key, 1000, "usd", "a1")).await,
-        ));
-        settle(
-            &h,
-            &call,
-            Outcome::Responded,
-            200,
-            r#"{"id":"ch_a","currency":"usd","amount":1000}"#,
-        )
-        .await;
-        denied_code(verdict(
-            &h,
-            h.app.authorize(charge(&key, 900, "usd", "a2")).await,
-        ));
+        let (call, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 1000, "usd", "a1")).await));
+        settle(&h, &call, Outcome::Responded, 200, r#"{"id":"ch_a","currency":"usd","amount":1000}"#).await;
+        denied_code(verdict(&h, h.app.authorize(charge(&key, 900, "usd", "a2")).await));
         let report = keybrake_control::audit::verify(&h.app.store).await.unwrap();
         assert!(report.ok && report.rows >= 3, "{}: {report:?}", h.name);
         let rows = h.audit_for(&key).await;
-        let stages: Vec<_> = rows
-            .iter()
-            .map(|r| (r.entry.stage.as_str(), r.entry.decision.as_str()))
-            .collect();
-        assert_eq!(
-            stages,
-            [
-                ("intent", "allowed"),
-                ("outcome", "allowed"),
-                ("call", "denied")
-            ],
-            "{}",
-            h.name
-        );
+        let stages: Vec<_> = rows.iter().map(|r| (r.entry.stage.as_str(), r.entry.decision.as_str())).collect();
+        assert_eq!(stages, [("intent", "allowed"), ("outcome", "allowed"), ("call", "denied")], "{}", h.name);
         assert_eq!(rows[1].entry.object_id, "ch_a");
     }
 }

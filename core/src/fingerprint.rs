@@ -9,12 +9,7 @@ use crate::path::Target;
 use crate::scope::Method;
 
 /// Hex SHA-256 of method, normalised path, query, `Stripe-Account` and the canonical body.
-pub fn fingerprint(
-    method: Method,
-    target: &Target,
-    stripe_account: &str,
-    params: &FormParams,
-) -> String {
+pub fn fingerprint(method: Method, target: &Target, stripe_account: &str, params: &FormParams) -> String {
     let mut h = Sha256::new();
     for part in [
         "keybrake-fingerprint-v1",
@@ -60,12 +55,7 @@ mod tests {
     use crate::path::normalize;
 
     fn fp(path: &str, account: &str, body: &str) -> String {
-        fingerprint(
-            Method::Post,
-            &normalize(path).unwrap(),
-            account,
-            &FormParams::parse(body.as_bytes()).unwrap(),
-        )
+        fingerprint(Method::Post, &normalize(path).unwrap(), account, &FormParams::parse(body.as_bytes()).unwrap())
     }
 
     #[test]
@@ -81,14 +71,8 @@ mod tests {
     #[test]
     fn derived_keys_are_deterministic_per_record() {
         let f = fp("/v1/charges", "", "amount=1&currency=usd");
-        assert_eq!(
-            derived_idempotency_key(&f, "r1"),
-            derived_idempotency_key(&f, "r1")
-        );
-        assert_ne!(
-            derived_idempotency_key(&f, "r1"),
-            derived_idempotency_key(&f, "r2")
-        );
+        assert_eq!(derived_idempotency_key(&f, "r1"), derived_idempotency_key(&f, "r1"));
+        assert_ne!(derived_idempotency_key(&f, "r1"), derived_idempotency_key(&f, "r2"));
         assert!(derived_idempotency_key(&f, "r1").starts_with("kb_"));
     }
 }

@@ -43,10 +43,7 @@ impl FormParams {
                 return Err(FormError::TooManyParams);
             }
             let (k, v) = match raw.iter().position(|&b| b == b'=') {
-                Some(i) => (
-                    raw.get(..i).unwrap_or_default(),
-                    raw.get(i + 1..).unwrap_or_default(),
-                ),
+                Some(i) => (raw.get(..i).unwrap_or_default(), raw.get(i + 1..).unwrap_or_default()),
                 None => (raw, &b""[..]),
             };
             let key = decode_component(k)?;
@@ -82,16 +79,9 @@ impl FormParams {
     /// Every parameter name that is given more than once, except array
     /// appends (`expand[]`), which Stripe defines as repeatable.
     pub fn first_duplicate(&self) -> Option<&str> {
-        let mut keys: Vec<&str> = self
-            .pairs
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .filter(|k| !k.ends_with("[]"))
-            .collect();
+        let mut keys: Vec<&str> = self.pairs.iter().map(|(k, _)| k.as_str()).filter(|k| !k.ends_with("[]")).collect();
         keys.sort_unstable();
-        keys.windows(2)
-            .find(|w| w.first() == w.get(1))
-            .and_then(|w| w.first().copied())
+        keys.windows(2).find(|w| w.first() == w.get(1)).and_then(|w| w.first().copied())
     }
 
     /// Canonical encoding: pairs sorted by key (stable, so repeated array
@@ -211,46 +201,22 @@ mod tests {
         let p = FormParams::parse(body).unwrap();
         assert_eq!(p.get("amount").unwrap(), Some("2999"));
         assert_eq!(p.get("metadata[order_id]").unwrap(), Some("o 1"));
-        assert_eq!(
-            p.get("line_items[0][price_data][unit_amount]").unwrap(),
-            Some("100")
-        );
+        assert_eq!(p.get("line_items[0][price_data][unit_amount]").unwrap(), Some("100"));
         assert_eq!(p.first_duplicate(), None);
         assert_eq!(p.array_indices("line_items"), vec![0]);
     }
 
     #[test]
     fn refuses_what_is_ambiguous() {
-        assert_eq!(
-            FormParams::parse(b"amount=%zz"),
-            Err(FormError::BadPercentEncoding)
-        );
-        assert_eq!(
-            FormParams::parse(b"amount=%F"),
-            Err(FormError::BadPercentEncoding)
-        );
+        assert_eq!(FormParams::parse(b"amount=%zz"), Err(FormError::BadPercentEncoding));
+        assert_eq!(FormParams::parse(b"amount=%F"), Err(FormError::BadPercentEncoding));
         assert_eq!(FormParams::parse(b"a=%FF%FE"), Err(FormError::NotUtf8));
-        assert!(matches!(
-            FormParams::parse(b"meta[x=1"),
-            Err(FormError::BadKey(_))
-        ));
-        assert!(matches!(
-            FormParams::parse(b"meta]x=1"),
-            Err(FormError::BadKey(_))
-        ));
-        assert!(matches!(
-            FormParams::parse(b"=1"),
-            Err(FormError::BadKey(_))
-        ));
-        assert!(matches!(
-            FormParams::parse(b"a[b]c=1"),
-            Err(FormError::BadKey(_))
-        ));
+        assert!(matches!(FormParams::parse(b"meta[x=1"), Err(FormError::BadKey(_))));
+        assert!(matches!(FormParams::parse(b"meta]x=1"), Err(FormError::BadKey(_))));
+        assert!(matches!(FormParams::parse(b"=1"), Err(FormError::BadKey(_))));
+        assert!(matches!(FormParams::parse(b"a[b]c=1"), Err(FormError::BadKey(_))));
         let dup = FormParams::parse(b"amount=1&amount=2").unwrap();
-        assert_eq!(
-            dup.get("amount"),
-            Err(FormError::Duplicate("amount".into()))
-        );
+        assert_eq!(dup.get("amount"), Err(FormError::Duplicate("amount".into())));
         assert_eq!(dup.first_duplicate(), Some("amount"));
     }
 

@@ -30,9 +30,7 @@ impl UsdMicros {
     /// Parses a non-negative decimal string such as `"32.99"` (at most six decimals).
     pub fn parse_decimal(text: &str) -> Result<UsdMicros, MoneyError> {
         let micros = parse_fixed(text, 6)?;
-        i64::try_from(micros)
-            .map(UsdMicros)
-            .map_err(|_| MoneyError::TooLarge(text.to_owned()))
+        i64::try_from(micros).map(UsdMicros).map_err(|_| MoneyError::TooLarge(text.to_owned()))
     }
 
     pub fn checked_add(self, other: UsdMicros) -> Option<UsdMicros> {
@@ -68,10 +66,7 @@ pub fn parse_fixed(text: &str, scale: u32) -> Result<i128, MoneyError> {
         Some((i, f)) => (i, f),
         None => (text, ""),
     };
-    if int.is_empty()
-        || !int.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return Err(err());
     }
     if text.contains('.') && frac.is_empty() {
@@ -123,17 +118,11 @@ pub fn to_usd_micros(minor: i64, exponent: u32, rate: UsdRate) -> Result<UsdMicr
     if minor < 0 {
         return Err(MoneyError::Negative(minor.to_string()));
     }
-    let num = i128::from(minor)
-        .checked_mul(rate.0)
-        .ok_or(MoneyError::Overflow)?;
+    let num = i128::from(minor).checked_mul(rate.0).ok_or(MoneyError::Overflow)?;
     // pico-dollars -> micro-dollars is /10^6; minor -> major is /10^exponent.
-    let den = 10i128
-        .checked_pow(6 + exponent)
-        .ok_or(MoneyError::Overflow)?;
+    let den = 10i128.checked_pow(6 + exponent).ok_or(MoneyError::Overflow)?;
     let micros = (num + den - 1) / den;
-    i64::try_from(micros)
-        .map(UsdMicros)
-        .map_err(|_| MoneyError::Overflow)
+    i64::try_from(micros).map(UsdMicros).map_err(|_| MoneyError::Overflow)
 }
 
 #[cfg(test)]
@@ -143,39 +132,15 @@ mod tests {
 
     #[test]
     fn parses_caps_exactly() {
-        assert_eq!(
-            UsdMicros::parse_decimal("32.99").unwrap(),
-            UsdMicros(32_990_000)
-        );
-        assert_eq!(
-            UsdMicros::parse_decimal("1000").unwrap(),
-            UsdMicros(1_000_000_000)
-        );
+        assert_eq!(UsdMicros::parse_decimal("32.99").unwrap(), UsdMicros(32_990_000));
+        assert_eq!(UsdMicros::parse_decimal("1000").unwrap(), UsdMicros(1_000_000_000));
         assert_eq!(UsdMicros::parse_decimal("0.000001").unwrap(), UsdMicros(1));
-        assert!(matches!(
-            UsdMicros::parse_decimal("-1"),
-            Err(MoneyError::Negative(_))
-        ));
-        assert!(matches!(
-            UsdMicros::parse_decimal("1e3"),
-            Err(MoneyError::NotDecimal(_))
-        ));
-        assert!(matches!(
-            UsdMicros::parse_decimal("1."),
-            Err(MoneyError::NotDecimal(_))
-        ));
-        assert!(matches!(
-            UsdMicros::parse_decimal(".5"),
-            Err(MoneyError::NotDecimal(_))
-        ));
-        assert!(matches!(
-            UsdMicros::parse_decimal("0.0000001"),
-            Err(MoneyError::TooPrecise(_, 6))
-        ));
-        assert!(matches!(
-            UsdMicros::parse_decimal("99999999999999999999"),
-            Err(MoneyError::TooLarge(_))
-        ));
+        assert!(matches!(UsdMicros::parse_decimal("-1"), Err(MoneyError::Negative(_))));
+        assert!(matches!(UsdMicros::parse_decimal("1e3"), Err(MoneyError::NotDecimal(_))));
+        assert!(matches!(UsdMicros::parse_decimal("1."), Err(MoneyError::NotDecimal(_))));
+        assert!(matches!(UsdMicros::parse_decimal(".5"), Err(MoneyError::NotDecimal(_))));
+        assert!(matches!(UsdMicros::parse_decimal("0.0000001"), Err(MoneyError::TooPrecise(_, 6))));
+        assert!(matches!(UsdMicros::parse_decimal("99999999999999999999"), Err(MoneyError::TooLarge(_))));
     }
 
     #[test]
@@ -196,10 +161,7 @@ mod tests {
         let third = UsdRate::parse("0.333333333333").unwrap();
         // 1 unit at 0.333333333333 USD = 333333.333333 micros -> rounds up
         assert_eq!(to_usd_micros(100, 2, third).unwrap(), UsdMicros(333_334));
-        assert_eq!(
-            UsdRate::parse("0.0067").unwrap().to_decimal_string(),
-            "0.0067"
-        );
+        assert_eq!(UsdRate::parse("0.0067").unwrap().to_decimal_string(), "0.0067");
         assert!(UsdRate::parse("0").is_err());
     }
 

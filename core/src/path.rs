@@ -71,9 +71,7 @@ pub fn normalize(raw: &str) -> Result<Target, PathError> {
         None => (raw, None),
     };
     if let Some(q) = query {
-        if q.bytes()
-            .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii())
-        {
+        if q.bytes().any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii()) {
             return Err(PathError::ForbiddenCharacter);
         }
     }
@@ -105,10 +103,7 @@ pub fn normalize(raw: &str) -> Result<Target, PathError> {
     if path.is_empty() {
         path.push('/');
     }
-    Ok(Target {
-        path,
-        query: query.filter(|q| !q.is_empty()).map(str::to_owned),
-    })
+    Ok(Target { path, query: query.filter(|q| !q.is_empty()).map(str::to_owned) })
 }
 
 /// Decodes `%XX` escapes once. A decoded separator, `%` (double encoding),
@@ -177,47 +172,20 @@ mod tests {
 
     #[test]
     fn refuses_what_is_ambiguous() {
-        assert_eq!(
-            normalize("/v1/charges%2F..%2Frefunds"),
-            Err(PathError::EncodedSeparator)
-        );
-        assert_eq!(
-            normalize("/v1/charges%5c"),
-            Err(PathError::EncodedSeparator)
-        );
-        assert_eq!(
-            normalize("/v1/%252e%252e/refunds"),
-            Err(PathError::DoubleEncoding)
-        );
-        assert_eq!(
-            normalize("/v1/charges%zz"),
-            Err(PathError::BadPercentEncoding)
-        );
-        assert_eq!(
-            normalize("/v1/charges%2"),
-            Err(PathError::BadPercentEncoding)
-        );
+        assert_eq!(normalize("/v1/charges%2F..%2Frefunds"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/v1/charges%5c"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/v1/%252e%252e/refunds"), Err(PathError::DoubleEncoding));
+        assert_eq!(normalize("/v1/charges%zz"), Err(PathError::BadPercentEncoding));
+        assert_eq!(normalize("/v1/charges%2"), Err(PathError::BadPercentEncoding));
         assert_eq!(normalize("/v1/charges;x=1"), Err(PathError::PathParameter));
         assert_eq!(normalize("/v1/charges%3bx"), Err(PathError::PathParameter));
         assert_eq!(normalize("/../v1/charges"), Err(PathError::AboveRoot));
         assert_eq!(normalize("v1/charges"), Err(PathError::NotAbsolute));
         assert_eq!(normalize("/v1/charges#x"), Err(PathError::Fragment));
-        assert_eq!(
-            normalize("/v1/char ges"),
-            Err(PathError::ForbiddenCharacter)
-        );
-        assert_eq!(
-            normalize("/v1/charges%00"),
-            Err(PathError::ForbiddenCharacter)
-        );
-        assert_eq!(
-            normalize("/v1\\charges"),
-            Err(PathError::ForbiddenCharacter)
-        );
-        assert_eq!(
-            normalize(&format!("/{}", "a".repeat(MAX_TARGET_LEN))),
-            Err(PathError::TooLong)
-        );
+        assert_eq!(normalize("/v1/char ges"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize("/v1/charges%00"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize("/v1\\charges"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize(&format!("/{}", "a".repeat(MAX_TARGET_LEN))), Err(PathError::TooLong));
         assert_eq!(normalize(&"/a".repeat(40)), Err(PathError::TooManySegments));
     }
 

@@ -31,17 +31,9 @@ pub enum Price {
     /// Moves no money.
     Free,
     /// Moves `minor` units of a currency.
-    Amount {
-        minor: i64,
-        currency: CurrencySource,
-        basis: &'static str,
-        payout: bool,
-    },
+    Amount { minor: i64, currency: CurrencySource, basis: &'static str, payout: bool },
     /// Moves the recorded amount of an earlier object (confirm, pay, full capture or refund).
-    ObjectAmount {
-        object_id: String,
-        basis: &'static str,
-    },
+    ObjectAmount { object_id: String, basis: &'static str },
     /// Moves money, but nothing in the request says how much.
     Unpriced { reason: &'static str },
 }
@@ -74,9 +66,7 @@ impl PricingError {
             PricingError::InvalidAmount { param, .. }
             | PricingError::NegativeAmount { param }
             | PricingError::AmountTooLarge { param } => Some(param.clone()),
-            PricingError::InvalidCurrency(_) | PricingError::MixedCurrencies => {
-                Some("currency".to_owned())
-            }
+            PricingError::InvalidCurrency(_) | PricingError::MixedCurrencies => Some("currency".to_owned()),
             PricingError::Form(_) => None,
         }
     }
@@ -112,84 +102,35 @@ enum Rule {
 /// `(pattern, rule)`; `*` is one object id. First match wins.
 const TABLE: &[(&str, Rule)] = &[
     ("/v1/charges", Rule::AmountAndCurrency { payout: false }),
-    (
-        "/v1/charges/*/capture",
-        Rule::OptionalAmountOfPathObject { param: "amount" },
-    ),
-    (
-        "/v1/charges/*/refund",
-        Rule::OptionalAmountOfPathObject { param: "amount" },
-    ),
-    (
-        "/v1/charges/*/refunds",
-        Rule::OptionalAmountOfPathObject { param: "amount" },
-    ),
+    ("/v1/charges/*/capture", Rule::OptionalAmountOfPathObject { param: "amount" }),
+    ("/v1/charges/*/refund", Rule::OptionalAmountOfPathObject { param: "amount" }),
+    ("/v1/charges/*/refunds", Rule::OptionalAmountOfPathObject { param: "amount" }),
     ("/v1/payment_intents", Rule::PaymentIntentCreate),
     ("/v1/payment_intents/*", Rule::PaymentIntentUpdate),
-    (
-        "/v1/payment_intents/*/increment_authorization",
-        Rule::AmountOfPathObject,
-    ),
-    (
-        "/v1/payment_intents/*/capture",
-        Rule::OptionalAmountOfPathObject {
-            param: "amount_to_capture",
-        },
-    ),
+    ("/v1/payment_intents/*/increment_authorization", Rule::AmountOfPathObject),
+    ("/v1/payment_intents/*/capture", Rule::OptionalAmountOfPathObject { param: "amount_to_capture" }),
     ("/v1/payment_intents/*/confirm", Rule::PathObjectAmount),
     ("/v1/refunds", Rule::Refund),
     ("/v1/transfers", Rule::AmountAndCurrency { payout: false }),
-    (
-        "/v1/transfers/*/reversals",
-        Rule::OptionalAmountOfPathObject { param: "amount" },
-    ),
+    ("/v1/transfers/*/reversals", Rule::OptionalAmountOfPathObject { param: "amount" }),
     ("/v1/payouts", Rule::AmountAndCurrency { payout: true }),
     ("/v1/topups", Rule::AmountAndCurrency { payout: false }),
     ("/v1/invoiceitems", Rule::InvoiceItem),
     ("/v1/invoices/*/pay", Rule::PathObjectAmount),
     (
         "/v1/invoices/*/finalize",
-        Rule::Unpriced {
-            reason: "finalizing an invoice may charge the customer automatically",
-        },
+        Rule::Unpriced { reason: "finalizing an invoice may charge the customer automatically" },
     ),
     ("/v1/checkout/sessions", Rule::CheckoutSession),
-    (
-        "/v1/subscriptions",
-        Rule::Unpriced {
-            reason: "a subscription charges amounts set by its prices",
-        },
-    ),
-    (
-        "/v1/subscriptions/*",
-        Rule::Unpriced {
-            reason: "a subscription update may charge prorations",
-        },
-    ),
-    (
-        "/v1/subscription_items",
-        Rule::Unpriced {
-            reason: "a subscription item may charge prorations",
-        },
-    ),
+    ("/v1/subscriptions", Rule::Unpriced { reason: "a subscription charges amounts set by its prices" }),
+    ("/v1/subscriptions/*", Rule::Unpriced { reason: "a subscription update may charge prorations" }),
+    ("/v1/subscription_items", Rule::Unpriced { reason: "a subscription item may charge prorations" }),
     (
         "/v1/subscription_schedules",
-        Rule::Unpriced {
-            reason: "a subscription schedule charges amounts set by its prices",
-        },
+        Rule::Unpriced { reason: "a subscription schedule charges amounts set by its prices" },
     ),
-    (
-        "/v1/credit_notes",
-        Rule::Unpriced {
-            reason: "a credit note may refund an amount set by its lines",
-        },
-    ),
-    (
-        "/v1/payment_links",
-        Rule::Unpriced {
-            reason: "a payment link charges amounts set by its prices",
-        },
-    ),
+    ("/v1/credit_notes", Rule::Unpriced { reason: "a credit note may refund an amount set by its lines" }),
+    ("/v1/payment_links", Rule::Unpriced { reason: "a payment link charges amounts set by its prices" }),
 ];
 
 /// Prices one call. `path` is normalised (see [`crate::path::normalize`]).
@@ -238,21 +179,12 @@ pub fn price(method: Method, path: &str, params: &FormParams) -> Result<Price, P
             payout: false,
         }),
         Rule::OptionalAmountOfPathObject { param } => match amount(params, param)? {
-            Some(minor) => Ok(Price::Amount {
-                minor,
-                currency: CurrencySource::OfObject(object),
-                basis: param,
-                payout: false,
-            }),
-            None => Ok(Price::ObjectAmount {
-                object_id: object,
-                basis: "object_amount",
-            }),
+            Some(minor) => {
+                Ok(Price::Amount { minor, currency: CurrencySource::OfObject(object), basis: param, payout: false })
+            }
+            None => Ok(Price::ObjectAmount { object_id: object, basis: "object_amount" }),
         },
-        Rule::PathObjectAmount => Ok(Price::ObjectAmount {
-            object_id: object,
-            basis: "object_amount",
-        }),
+        Rule::PathObjectAmount => Ok(Price::ObjectAmount { object_id: object, basis: "object_amount" }),
         Rule::Refund => refund(params),
         Rule::InvoiceItem => invoice_item(params),
         Rule::CheckoutSession => checkout_session(params),
@@ -306,20 +238,10 @@ fn refund(params: &FormParams) -> Result<Price, PricingError> {
                     })
                 }
             };
-            Ok(Price::Amount {
-                minor,
-                currency,
-                basis: "amount",
-                payout: false,
-            })
+            Ok(Price::Amount { minor, currency, basis: "amount", payout: false })
         }
-        (None, Some(object_id)) => Ok(Price::ObjectAmount {
-            object_id,
-            basis: "object_amount",
-        }),
-        (None, None) => Ok(Price::Unpriced {
-            reason: "a refund without amount, charge or payment_intent",
-        }),
+        (None, Some(object_id)) => Ok(Price::ObjectAmount { object_id, basis: "object_amount" }),
+        (None, None) => Ok(Price::Unpriced { reason: "a refund without amount, charge or payment_intent" }),
     }
 }
 
@@ -339,57 +261,29 @@ fn invoice_item(params: &FormParams) -> Result<Price, PricingError> {
             payout: false,
         });
     }
-    let (unit, currency_param, basis) = match (
-        params.get("unit_amount")?,
-        params.get("price_data[unit_amount]")?,
-    ) {
-        (Some(u), _) => (
-            parse_amount("unit_amount", u)?,
-            "currency",
-            "unit_amount * quantity",
-        ),
-        (None, Some(u)) => (
-            parse_amount("price_data[unit_amount]", u)?,
-            "price_data[currency]",
-            "price_data[unit_amount] * quantity",
-        ),
-        (None, None) => {
-            return Ok(Price::Unpriced {
-                reason: "an invoice item priced by a Price object",
-            })
+    let (unit, currency_param, basis) = match (params.get("unit_amount")?, params.get("price_data[unit_amount]")?) {
+        (Some(u), _) => (parse_amount("unit_amount", u)?, "currency", "unit_amount * quantity"),
+        (None, Some(u)) => {
+            (parse_amount("price_data[unit_amount]", u)?, "price_data[currency]", "price_data[unit_amount] * quantity")
         }
+        (None, None) => return Ok(Price::Unpriced { reason: "an invoice item priced by a Price object" }),
     };
     let currency_text = match params.get(currency_param)? {
         Some(c) => c,
-        None => params
-            .get("currency")?
-            .ok_or(PricingError::Missing("currency"))?,
+        None => params.get("currency")?.ok_or(PricingError::Missing("currency"))?,
     };
-    let minor = unit
-        .checked_mul(quantity)
-        .ok_or(PricingError::AmountTooLarge {
-            param: "quantity".into(),
-        })?;
-    Ok(Price::Amount {
-        minor,
-        currency: CurrencySource::Given(currency(currency_text)?),
-        basis,
-        payout: false,
-    })
+    let minor = unit.checked_mul(quantity).ok_or(PricingError::AmountTooLarge { param: "quantity".into() })?;
+    Ok(Price::Amount { minor, currency: CurrencySource::Given(currency(currency_text)?), basis, payout: false })
 }
 
 fn checkout_session(params: &FormParams) -> Result<Price, PricingError> {
     let mode = params.get("mode")?.unwrap_or("payment");
     if mode != "payment" {
-        return Ok(Price::Unpriced {
-            reason: "a checkout session in subscription or setup mode",
-        });
+        return Ok(Price::Unpriced { reason: "a checkout session in subscription or setup mode" });
     }
     let indices = params.array_indices("line_items");
     if indices.is_empty() {
-        return Ok(Price::Unpriced {
-            reason: "a checkout session without line items",
-        });
+        return Ok(Price::Unpriced { reason: "a checkout session without line items" });
     }
     let mut total: i64 = 0;
     let mut seen: Option<Currency> = None;
@@ -398,45 +292,26 @@ fn checkout_session(params: &FormParams) -> Result<Price, PricingError> {
         let quantity_key = format!("line_items[{i}][quantity]");
         let currency_key = format!("line_items[{i}][price_data][currency]");
         let Some(unit) = params.get(&unit_key)? else {
-            return Ok(Price::Unpriced {
-                reason: "a checkout session line item priced by a Price object",
-            });
+            return Ok(Price::Unpriced { reason: "a checkout session line item priced by a Price object" });
         };
         let unit = parse_amount(&unit_key, unit)?;
         let quantity = match params.get(&quantity_key)? {
             Some(q) => parse_amount(&quantity_key, q)?,
             None => 1,
         };
-        let c = currency(
-            params
-                .get(&currency_key)?
-                .ok_or(PricingError::Missing("currency"))?,
-        )?;
+        let c = currency(params.get(&currency_key)?.ok_or(PricingError::Missing("currency"))?)?;
         if seen.as_ref().is_some_and(|s| *s != c) {
             return Err(PricingError::MixedCurrencies);
         }
         seen = Some(c);
-        let line = unit
-            .checked_mul(quantity)
-            .ok_or(PricingError::AmountTooLarge {
-                param: quantity_key,
-            })?;
-        total = total
-            .checked_add(line)
-            .ok_or(PricingError::AmountTooLarge {
-                param: "line_items".into(),
-            })?;
+        let line = unit.checked_mul(quantity).ok_or(PricingError::AmountTooLarge { param: quantity_key })?;
+        total = total.checked_add(line).ok_or(PricingError::AmountTooLarge { param: "line_items".into() })?;
     }
     match seen {
-        Some(c) => Ok(Price::Amount {
-            minor: total,
-            currency: CurrencySource::Given(c),
-            basis: "line_items",
-            payout: false,
-        }),
-        None => Ok(Price::Unpriced {
-            reason: "a checkout session without line items",
-        }),
+        Some(c) => {
+            Ok(Price::Amount { minor: total, currency: CurrencySource::Given(c), basis: "line_items", payout: false })
+        }
+        None => Ok(Price::Unpriced { reason: "a checkout session without line items" }),
     }
 }
 
@@ -445,41 +320,25 @@ fn required_amount(params: &FormParams, param: &'static str) -> Result<i64, Pric
 }
 
 fn amount(params: &FormParams, param: &str) -> Result<Option<i64>, PricingError> {
-    params
-        .get(param)?
-        .map(|raw| parse_amount(param, raw))
-        .transpose()
+    params.get(param)?.map(|raw| parse_amount(param, raw)).transpose()
 }
 
 /// An amount parameter: ASCII digits only, at most [`MAX_AMOUNT_DIGITS`].
 pub fn parse_amount(param: &str, raw: &str) -> Result<i64, PricingError> {
     if raw.starts_with('-') && raw.len() > 1 && raw.bytes().skip(1).all(|b| b.is_ascii_digit()) {
-        return Err(PricingError::NegativeAmount {
-            param: param.to_owned(),
-        });
+        return Err(PricingError::NegativeAmount { param: param.to_owned() });
     }
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(PricingError::InvalidAmount {
-            param: param.to_owned(),
-            value: raw.chars().take(32).collect(),
-        });
+        return Err(PricingError::InvalidAmount { param: param.to_owned(), value: raw.chars().take(32).collect() });
     }
     if raw.trim_start_matches('0').len() > MAX_AMOUNT_DIGITS {
-        return Err(PricingError::AmountTooLarge {
-            param: param.to_owned(),
-        });
+        return Err(PricingError::AmountTooLarge { param: param.to_owned() });
     }
-    raw.parse().map_err(|_| PricingError::AmountTooLarge {
-        param: param.to_owned(),
-    })
+    raw.parse().map_err(|_| PricingError::AmountTooLarge { param: param.to_owned() })
 }
 
 fn required_currency(params: &FormParams) -> Result<Currency, PricingError> {
-    currency(
-        params
-            .get("currency")?
-            .ok_or(PricingError::Missing("currency"))?,
-    )
+    currency(params.get("currency")?.ok_or(PricingError::Missing("currency"))?)
 }
 
 fn currency(text: &str) -> Result<Currency, PricingError> {
@@ -492,11 +351,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn p(path: &str, body: &str) -> Result<Price, PricingError> {
-        price(
-            Method::Post,
-            path,
-            &FormParams::parse(body.as_bytes()).unwrap(),
-        )
+        price(Method::Post, path, &FormParams::parse(body.as_bytes()).unwrap())
     }
 
     fn usd() -> CurrencySource {
@@ -507,57 +362,22 @@ mod tests {
     fn charges_and_transfers_need_amount_and_currency() {
         assert_eq!(
             p("/v1/charges", "amount=2999&currency=usd&customer=cus_1").unwrap(),
-            Price::Amount {
-                minor: 2999,
-                currency: usd(),
-                basis: "amount",
-                payout: false
-            }
+            Price::Amount { minor: 2999, currency: usd(), basis: "amount", payout: false }
         );
-        assert_eq!(
-            p("/v1/charges", "currency=usd"),
-            Err(PricingError::Missing("amount"))
-        );
-        assert_eq!(
-            p("/v1/charges", "amount=5"),
-            Err(PricingError::Missing("currency"))
-        );
-        assert!(matches!(
-            p("/v1/transfers", "amount=5&currency=eu"),
-            Err(PricingError::InvalidCurrency(_))
-        ));
-        assert!(matches!(
-            p("/v1/payouts", "amount=5&currency=ugx").unwrap(),
-            Price::Amount { payout: true, .. }
-        ));
-        assert!(matches!(
-            p("/v1/topups", "amount=5&currency=usd").unwrap(),
-            Price::Amount { minor: 5, .. }
-        ));
+        assert_eq!(p("/v1/charges", "currency=usd"), Err(PricingError::Missing("amount")));
+        assert_eq!(p("/v1/charges", "amount=5"), Err(PricingError::Missing("currency")));
+        assert!(matches!(p("/v1/transfers", "amount=5&currency=eu"), Err(PricingError::InvalidCurrency(_))));
+        assert!(matches!(p("/v1/payouts", "amount=5&currency=ugx").unwrap(), Price::Amount { payout: true, .. }));
+        assert!(matches!(p("/v1/topups", "amount=5&currency=usd").unwrap(), Price::Amount { minor: 5, .. }));
     }
 
     #[test]
     fn bad_amounts_are_errors() {
-        assert!(matches!(
-            p("/v1/charges", "amount=-5&currency=usd"),
-            Err(PricingError::NegativeAmount { .. })
-        ));
-        assert!(matches!(
-            p("/v1/charges", "amount=12.5&currency=usd"),
-            Err(PricingError::InvalidAmount { .. })
-        ));
-        assert!(matches!(
-            p("/v1/charges", "amount=abc&currency=usd"),
-            Err(PricingError::InvalidAmount { .. })
-        ));
-        assert!(matches!(
-            p("/v1/charges", "amount=&currency=usd"),
-            Err(PricingError::InvalidAmount { .. })
-        ));
-        assert!(matches!(
-            p("/v1/charges", "amount=+5&currency=usd"),
-            Err(PricingError::InvalidAmount { .. })
-        ));
+        assert!(matches!(p("/v1/charges", "amount=-5&currency=usd"), Err(PricingError::NegativeAmount { .. })));
+        assert!(matches!(p("/v1/charges", "amount=12.5&currency=usd"), Err(PricingError::InvalidAmount { .. })));
+        assert!(matches!(p("/v1/charges", "amount=abc&currency=usd"), Err(PricingError::InvalidAmount { .. })));
+        assert!(matches!(p("/v1/charges", "amount=&currency=usd"), Err(PricingError::InvalidAmount { .. })));
+        assert!(matches!(p("/v1/charges", "amount=+5&currency=usd"), Err(PricingError::InvalidAmount { .. })));
         assert!(matches!(
             p("/v1/charges", "amount=99999999999999999999999&currency=usd"),
             Err(PricingError::AmountTooLarge { .. })
@@ -570,29 +390,16 @@ mod tests {
 
     #[test]
     fn payment_intents_count_when_confirmed() {
-        assert_eq!(
-            p("/v1/payment_intents", "amount=500&currency=usd").unwrap(),
-            Price::Free
-        );
+        assert_eq!(p("/v1/payment_intents", "amount=500&currency=usd").unwrap(), Price::Free);
         assert!(matches!(
-            p(
-                "/v1/payment_intents",
-                "amount=500&currency=usd&confirm=true"
-            )
-            .unwrap(),
+            p("/v1/payment_intents", "amount=500&currency=usd&confirm=true").unwrap(),
             Price::Amount { minor: 500, .. }
         ));
         assert_eq!(
             p("/v1/payment_intents/pi_1/confirm", "").unwrap(),
-            Price::ObjectAmount {
-                object_id: "pi_1".into(),
-                basis: "object_amount"
-            }
+            Price::ObjectAmount { object_id: "pi_1".into(), basis: "object_amount" }
         );
-        assert_eq!(
-            p("/v1/payment_intents/pi_1", "description=x").unwrap(),
-            Price::Free
-        );
+        assert_eq!(p("/v1/payment_intents/pi_1", "description=x").unwrap(), Price::Free);
         assert_eq!(
             p("/v1/payment_intents/pi_1", "amount=700").unwrap(),
             Price::Amount {
@@ -603,25 +410,14 @@ mod tests {
             }
         );
         assert!(matches!(
-            p(
-                "/v1/payment_intents/pi_1/increment_authorization",
-                "amount=900"
-            )
-            .unwrap(),
+            p("/v1/payment_intents/pi_1/increment_authorization", "amount=900").unwrap(),
             Price::Amount { minor: 900, .. }
         ));
         assert!(matches!(
             p("/v1/payment_intents/pi_1/capture", "amount_to_capture=300").unwrap(),
-            Price::Amount {
-                minor: 300,
-                basis: "amount_to_capture",
-                ..
-            }
+            Price::Amount { minor: 300, basis: "amount_to_capture", .. }
         ));
-        assert!(matches!(
-            p("/v1/payment_intents/pi_1/capture", "").unwrap(),
-            Price::ObjectAmount { .. }
-        ));
+        assert!(matches!(p("/v1/payment_intents/pi_1/capture", "").unwrap(), Price::ObjectAmount { .. }));
     }
 
     #[test]
@@ -633,30 +429,12 @@ mod tests {
         assert!(
             matches!(p("/v1/refunds", "payment_intent=pi_1").unwrap(), Price::ObjectAmount { ref object_id, .. } if object_id == "pi_1")
         );
-        assert!(matches!(
-            p("/v1/refunds", "amount=100").unwrap(),
-            Price::Unpriced { .. }
-        ));
-        assert!(matches!(
-            p("/v1/charges/ch_1/refund", "amount=5").unwrap(),
-            Price::Amount { minor: 5, .. }
-        ));
-        assert!(matches!(
-            p("/v1/charges/ch_1/refunds", "").unwrap(),
-            Price::ObjectAmount { .. }
-        ));
-        assert!(matches!(
-            p("/v1/charges/ch_1/capture", "amount=5").unwrap(),
-            Price::Amount { minor: 5, .. }
-        ));
-        assert!(matches!(
-            p("/v1/transfers/tr_1/reversals", "amount=5").unwrap(),
-            Price::Amount { minor: 5, .. }
-        ));
-        assert!(matches!(
-            p("/v1/invoices/in_1/pay", "").unwrap(),
-            Price::ObjectAmount { .. }
-        ));
+        assert!(matches!(p("/v1/refunds", "amount=100").unwrap(), Price::Unpriced { .. }));
+        assert!(matches!(p("/v1/charges/ch_1/refund", "amount=5").unwrap(), Price::Amount { minor: 5, .. }));
+        assert!(matches!(p("/v1/charges/ch_1/refunds", "").unwrap(), Price::ObjectAmount { .. }));
+        assert!(matches!(p("/v1/charges/ch_1/capture", "amount=5").unwrap(), Price::Amount { minor: 5, .. }));
+        assert!(matches!(p("/v1/transfers/tr_1/reversals", "amount=5").unwrap(), Price::Amount { minor: 5, .. }));
+        assert!(matches!(p("/v1/invoices/in_1/pay", "").unwrap(), Price::ObjectAmount { .. }));
     }
 
     #[test]
@@ -665,77 +443,33 @@ mod tests {
             p("/v1/invoiceitems", "amount=100&currency=usd&customer=c").unwrap(),
             Price::Amount { minor: 100, .. }
         ));
-        assert_eq!(
-            p("/v1/invoiceitems", "amount=-100&currency=usd").unwrap(),
-            Price::Free
-        );
+        assert_eq!(p("/v1/invoiceitems", "amount=-100&currency=usd").unwrap(), Price::Free);
         assert!(matches!(
-            p(
-                "/v1/invoiceitems",
-                "unit_amount=250&quantity=4&currency=eur"
-            )
-            .unwrap(),
+            p("/v1/invoiceitems", "unit_amount=250&quantity=4&currency=eur").unwrap(),
             Price::Amount { minor: 1000, .. }
         ));
         assert!(matches!(
-            p(
-                "/v1/invoiceitems",
-                "price_data[unit_amount]=250&price_data[currency]=usd&quantity=2"
-            )
-            .unwrap(),
+            p("/v1/invoiceitems", "price_data[unit_amount]=250&price_data[currency]=usd&quantity=2").unwrap(),
             Price::Amount { minor: 500, .. }
         ));
-        assert!(matches!(
-            p("/v1/invoiceitems", "price=price_1").unwrap(),
-            Price::Unpriced { .. }
-        ));
+        assert!(matches!(p("/v1/invoiceitems", "price=price_1").unwrap(), Price::Unpriced { .. }));
         let body = "mode=payment&line_items[0][price_data][unit_amount]=1000&line_items[0][price_data][currency]=usd&line_items[0][quantity]=2&line_items[1][price_data][unit_amount]=50&line_items[1][price_data][currency]=usd";
         assert!(matches!(
             p("/v1/checkout/sessions", body).unwrap(),
-            Price::Amount {
-                minor: 2050,
-                basis: "line_items",
-                ..
-            }
+            Price::Amount { minor: 2050, basis: "line_items", .. }
         ));
-        assert!(matches!(
-            p("/v1/checkout/sessions", "line_items[0][price]=price_1").unwrap(),
-            Price::Unpriced { .. }
-        ));
-        assert!(matches!(
-            p("/v1/checkout/sessions", "mode=subscription").unwrap(),
-            Price::Unpriced { .. }
-        ));
+        assert!(matches!(p("/v1/checkout/sessions", "line_items[0][price]=price_1").unwrap(), Price::Unpriced { .. }));
+        assert!(matches!(p("/v1/checkout/sessions", "mode=subscription").unwrap(), Price::Unpriced { .. }));
         let mixed = "line_items[0][price_data][unit_amount]=1&line_items[0][price_data][currency]=usd&line_items[1][price_data][unit_amount]=1&line_items[1][price_data][currency]=eur";
-        assert_eq!(
-            p("/v1/checkout/sessions", mixed),
-            Err(PricingError::MixedCurrencies)
-        );
+        assert_eq!(p("/v1/checkout/sessions", mixed), Err(PricingError::MixedCurrencies));
     }
 
     #[test]
     fn what_moves_no_money_is_free() {
-        assert_eq!(
-            p("/v1/customers/cus_1", "email=a@b.c").unwrap(),
-            Price::Free
-        );
-        assert_eq!(
-            price(Method::Get, "/v1/charges", &FormParams::default()).unwrap(),
-            Price::Free
-        );
-        assert_eq!(
-            price(
-                Method::Delete,
-                "/v1/customers/cus_1",
-                &FormParams::default()
-            )
-            .unwrap(),
-            Price::Free
-        );
-        assert!(matches!(
-            p("/v1/subscriptions", "customer=c").unwrap(),
-            Price::Unpriced { .. }
-        ));
+        assert_eq!(p("/v1/customers/cus_1", "email=a@b.c").unwrap(), Price::Free);
+        assert_eq!(price(Method::Get, "/v1/charges", &FormParams::default()).unwrap(), Price::Free);
+        assert_eq!(price(Method::Delete, "/v1/customers/cus_1", &FormParams::default()).unwrap(), Price::Free);
+        assert!(matches!(p("/v1/subscriptions", "customer=c").unwrap(), Price::Unpriced { .. }));
         assert!(!moves_money(Method::Post, "/v1/customers"));
         assert!(moves_money(Method::Post, "/v1/charges"));
         assert!(!moves_money(Method::Get, "/v1/charges"));

@@ -69,9 +69,7 @@ pub enum ScopeError {
     Method(String),
     #[error("scope {0:?}: path must start with '/'")]
     NotAbsolute(String),
-    #[error(
-        "scope {0:?}: path segments must be non-empty letters, digits, '_', '-', '.' or a lone '*'"
-    )]
+    #[error("scope {0:?}: path segments must be non-empty letters, digits, '_', '-', '.' or a lone '*'")]
     Segment(String),
     #[error("scope {0:?} is too long")]
     TooLong(String),
@@ -85,9 +83,7 @@ impl FromStr for Scope {
         if text.len() > MAX_SCOPE_LEN {
             return Err(ScopeError::TooLong(owned()));
         }
-        let (method, path) = text
-            .split_once(' ')
-            .ok_or_else(|| ScopeError::Shape(owned()))?;
+        let (method, path) = text.split_once(' ').ok_or_else(|| ScopeError::Shape(owned()))?;
         let method = Method::parse(method).ok_or_else(|| ScopeError::Method(owned()))?;
         if !path.starts_with('/') {
             return Err(if path.contains(' ') || path.is_empty() {
@@ -102,17 +98,11 @@ impl FromStr for Scope {
                 || (!segment.is_empty()
                     && segment != "."
                     && segment != ".."
-                    && segment
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)));
+                    && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)));
             if !ok {
                 return Err(ScopeError::Segment(owned()));
             }
-            segments.push(if segment == "*" {
-                Segment::Any
-            } else {
-                Segment::Literal(segment.to_owned())
-            });
+            segments.push(if segment == "*" { Segment::Any } else { Segment::Literal(segment.to_owned()) });
         }
         if segments.is_empty() || segments.len() > MAX_SCOPE_SEGMENTS {
             return Err(ScopeError::Segment(owned()));
@@ -187,10 +177,7 @@ mod tests {
     #[test]
     fn parses_and_prints_canonically() {
         assert_eq!(scope("post /v1/charges").to_string(), "POST /v1/charges");
-        assert_eq!(
-            scope("POST /v1/charges/*/capture").to_string(),
-            "POST /v1/charges/*/capture"
-        );
+        assert_eq!(scope("POST /v1/charges/*/capture").to_string(), "POST /v1/charges/*/capture");
     }
 
     #[test]
@@ -212,10 +199,7 @@ mod tests {
         ] {
             assert!(bad.parse::<Scope>().is_err(), "{bad:?} should be refused");
         }
-        assert!(matches!(
-            "HEAD /v1/charges".parse::<Scope>(),
-            Err(ScopeError::Method(_))
-        ));
+        assert!(matches!("HEAD /v1/charges".parse::<Scope>(), Err(ScopeError::Method(_))));
     }
 
     #[test]

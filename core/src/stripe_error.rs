@@ -58,12 +58,7 @@ struct Inner<'a> {
 }
 
 impl StripeError {
-    pub fn new(
-        status: u16,
-        error_type: ErrorType,
-        code: &str,
-        message: impl Into<String>,
-    ) -> StripeError {
+    pub fn new(status: u16, error_type: ErrorType, code: &str, message: impl Into<String>) -> StripeError {
         StripeError {
             status,
             error_type,
@@ -94,8 +89,7 @@ impl StripeError {
                 param: self.param.as_deref(),
             },
         };
-        serde_json::to_string(&env)
-            .unwrap_or_else(|_| String::from("{\"error\":{\"type\":\"api_error\"}}"))
+        serde_json::to_string(&env).unwrap_or_else(|_| String::from("{\"error\":{\"type\":\"api_error\"}}"))
     }
 
     /// Response headers that go with the body.
@@ -114,23 +108,15 @@ mod tests {
 
     #[test]
     fn renders_stripes_shape() {
-        let e = StripeError::new(
-            429,
-            ErrorType::InvalidRequestError,
-            "spend_cap_exceeded",
-            "Spend cap \"x\"",
-        )
-        .with_should_retry(false);
+        let e = StripeError::new(429, ErrorType::InvalidRequestError, "spend_cap_exceeded", "Spend cap \"x\"")
+            .with_should_retry(false);
         let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "spend_cap_exceeded");
         assert_eq!(v["error"]["message"], "Spend cap \"x\"");
         assert!(v["error"].get("param").is_none());
-        assert!(e
-            .headers()
-            .contains(&("stripe-should-retry", "false".to_owned())));
-        let p = StripeError::new(400, ErrorType::InvalidRequestError, "x", "y")
-            .with_param(Some("amount".into()));
+        assert!(e.headers().contains(&("stripe-should-retry", "false".to_owned())));
+        let p = StripeError::new(400, ErrorType::InvalidRequestError, "x", "y").with_param(Some("amount".into()));
         assert!(p.body().contains("\"param\":\"amount\""));
     }
 }

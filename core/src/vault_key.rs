@@ -129,14 +129,8 @@ mod tests {
     fn rejects_wrong_prefix_length_alphabet_and_checksum() {
         let key = VaultKey::from_entropy([1u8; 32]);
         let text = key.expose();
-        assert_eq!(
-            VaultKey::parse(&text.replacen("vk_", "sk_", 1)).err(),
-            Some(KeyFormatError::Prefix)
-        );
-        assert_eq!(
-            VaultKey::parse(&text[..KEY_LEN - 1]).err(),
-            Some(KeyFormatError::Length)
-        );
+        assert_eq!(VaultKey::parse(&text.replacen("vk_", "sk_", 1)).err(), Some(KeyFormatError::Prefix));
+        assert_eq!(VaultKey::parse(&text[..KEY_LEN - 1]).err(), Some(KeyFormatError::Length));
         let mut bad = text.to_owned();
         bad.replace_range(5..6, "-");
         assert_eq!(VaultKey::parse(&bad).err(), Some(KeyFormatError::Alphabet));
@@ -149,9 +143,7 @@ mod tests {
     #[test]
     fn base62_of_zero_and_max() {
         assert_eq!(base62_fixed([0u8; 32]), "0".repeat(43));
-        assert!(base62_fixed([255u8; 32])
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric()));
+        assert!(base62_fixed([255u8; 32]).bytes().all(|b| b.is_ascii_alphanumeric()));
     }
 
     proptest! {

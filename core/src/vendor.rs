@@ -60,9 +60,7 @@ mod tests {
         assert!(Vendor::Stripe.check_scope(&s("POST /v1/charges")).is_ok());
         assert!(Vendor::Stripe.check_scope(&s("GET /admin/audit")).is_err());
         assert!(Vendor::Keybrake.check_scope(&s("GET /admin/audit")).is_ok());
-        assert!(Vendor::Keybrake
-            .check_scope(&s("GET /admin/vault_keys"))
-            .is_err());
+        assert!(Vendor::Keybrake.check_scope(&s("GET /admin/vault_keys")).is_err());
         assert_eq!(Vendor::parse("paypal"), None);
     }
 }

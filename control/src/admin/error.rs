@@ -38,10 +38,7 @@ impl From<StoreError> for AdminError {
 
 impl AdminError {
     pub fn invalid(param: &str, message: impl Into<String>) -> AdminError {
-        AdminError::Invalid(Invalid {
-            param: param.into(),
-            message: message.into(),
-        })
+        AdminError::Invalid(Invalid { param: param.into(), message: message.into() })
     }
 
     fn to_stripe_error(&self) -> StripeError {
@@ -54,15 +51,9 @@ impl AdminError {
                 "admin_key_invalid",
                 "Missing or invalid admin key: send 'Authorization: Bearer <admin key>'.".into(),
             ),
-            AdminError::Forbidden => e(
-                403,
-                "endpoint_not_allowed",
-                "This key may not call this endpoint.".into(),
-            ),
+            AdminError::Forbidden => e(403, "endpoint_not_allowed", "This key may not call this endpoint.".into()),
             AdminError::NotFound(m) => e(404, "resource_missing", m.clone()),
-            AdminError::Invalid(i) => {
-                e(400, "parameter_invalid", i.message.clone()).with_param(Some(i.param.clone()))
-            }
+            AdminError::Invalid(i) => e(400, "parameter_invalid", i.message.clone()).with_param(Some(i.param.clone())),
             AdminError::Storage => StripeError::new(
                 503,
                 ErrorType::ApiError,
@@ -70,12 +61,10 @@ impl AdminError {
                 "Keybrake's storage is unavailable.",
             )
             .with_should_retry(true),
-            AdminError::TooManyAttempts => e(
-                429,
-                "too_many_failed_attempts",
-                "Too many failed authentication attempts; wait and retry.".into(),
-            )
-            .with_should_retry(false),
+            AdminError::TooManyAttempts => {
+                e(429, "too_many_failed_attempts", "Too many failed authentication attempts; wait and retry.".into())
+                    .with_should_retry(false)
+            }
         }
     }
 }
@@ -94,16 +83,44 @@ impl IntoResponse for AdminError {
     }
 }
 
+/// Stripe's error envelope, as every admin error is shaped (for the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid_request_error` or `api_error`.
+    #[serde(rename = "type")]
+    error_type: String,
+    /// A stable reason code, e.g. `parameter_invalid`.
+    code: String,
+    message: String,
+    /// The parameter at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<String>,
+}
+
+/// `Query<T>` whose rejection is a Stripe-shaped 400 (axum's own is plain text).
+pub struct AdminQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for AdminQuery<T> {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| AdminQuery(q.0))
+            .map_err(|e| AdminError::invalid("query", e.body_text()))
+    }
+}
+
 /// Parses a JSON request body, turning serde's message into a 400 that says what is wrong.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
     serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
-        let param = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.contains("field"))
-            .unwrap_or("body")
-            .to_owned();
+        let param = message.split('`').nth(1).filter(|_| message.contains("field")).unwrap_or("body").to_owned();
         AdminError::invalid(&param, format!("Invalid JSON body: {message}"))
     })
 }

@@ -10,22 +10,27 @@ use keybrake_core::currency::Currency;
 use keybrake_core::money::UsdRate;
 use serde::{Deserialize, Serialize};
 
-use super::error::parse_json;
+use super::error::{parse_json, ErrorBody};
 use super::{AdminError, Principal};
 use crate::app::App;
 use crate::keys::DecimalText;
 use crate::model::FxRate;
 
 /// `{"as_of": "2026-11-26", "rates": {"jpy": "0.0067", "eur": 1.08}}`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRates {
+    /// The date the rates hold for, YYYY-MM-DD.
+    #[schema(example = "2026-11-26")]
     pub as_of: String,
+    /// USD per one unit of each currency (lower-case ISO 4217 code), a positive decimal.
+    #[schema(value_type = std::collections::HashMap<String, f64>)]
     pub rates: BTreeMap<String, DecimalText>,
 }
 
-#[derive(Serialize)]
-struct Rates {
+/// The FX table.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Rates {
     object: &'static str,
     data: Vec<FxRate>,
 }
@@ -34,30 +39,21 @@ impl SetRates {
     /// Validates the rates: known-shaped codes, positive decimal rates, a date.
     pub fn validate(&self) -> Result<Vec<FxRate>, AdminError> {
         if chrono::NaiveDate::parse_from_str(&self.as_of, "%Y-%m-%d").is_err() {
-            return Err(AdminError::invalid(
-                "as_of",
-                "as_of must be a date, YYYY-MM-DD",
-            ));
+            return Err(AdminError::invalid("as_of", "as_of must be a date, YYYY-MM-DD"));
         }
         if self.rates.is_empty() {
             return Err(AdminError::invalid("rates", "rates must not be empty"));
         }
         let mut out = Vec::new();
         for (code, rate) in &self.rates {
-            let currency =
-                Currency::parse(code).map_err(|e| AdminError::invalid("rates", e.to_string()))?;
+            let currency = Currency::parse(code).map_err(|e| AdminError::invalid("rates", e.to_string()))?;
             if currency.is_usd() {
-                return Err(AdminError::invalid(
-                    "rates",
-                    "usd is always 1 and cannot be set",
-                ));
+                return Err(AdminError::invalid("rates", "usd is always 1 and cannot be set"));
             }
             let parsed = UsdRate::parse(&rate.0).map_err(|e| {
                 AdminError::invalid(
                     "rates",
-                    format!(
-                        "rate for {currency}: {e} (USD per one {currency}, a positive decimal)"
-                    ),
+                    format!("rate for {currency}: {e} (USD per one {currency}, a positive decimal)"),
                 )
             })?;
             out.push(FxRate {
@@ -70,26 +66,35 @@ impl SetRates {
     }
 }
 
-pub async fn list(
-    State(app): State<Arc<App>>,
-    Extension(p): Extension<Principal>,
-) -> Result<Json<impl Serialize>, AdminError> {
+#[utoipa::path(get, path = "/admin/fx_rates", tag = "fx",
+    responses((status = 200, description = "The rates in use", body = Rates),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for this key", body = ErrorBody),
+        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+/// The FX table.
+pub async fn list(State(app): State<Arc<App>>, Extension(p): Extension<Principal>) -> Result<Json<Rates>, AdminError> {
     if !matches!(p, Principal::Admin) {
         return Err(AdminError::Forbidden);
     }
     let data = app.store.read(|l| l.fx_rates()).await?;
-    Ok(Json(Rates {
-        object: "list",
-        data,
-    }))
+    Ok(Json(Rates { object: "list", data }))
 }
 
+#[utoipa::path(put, path = "/admin/fx_rates", tag = "fx", request_body = SetRates,
+    responses((status = 200, description = "The rates in use after the change", body = Rates),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for this key", body = ErrorBody),
+        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
 /// Sets (adds or replaces) rates; currencies not named keep theirs.
 pub async fn set(
     State(app): State<Arc<App>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
-) -> Result<Json<impl Serialize>, AdminError> {
+) -> Result<Json<Rates>, AdminError> {
     if !matches!(p, Principal::Admin) {
         return Err(AdminError::Forbidden);
     }
@@ -106,8 +111,5 @@ pub async fn set(
         .await?;
     app.refresh_fx().await?;
     let data = app.store.read(|l| l.fx_rates()).await?;
-    Ok(Json(Rates {
-        object: "list",
-        data,
-    }))
+    Ok(Json(Rates { object: "list", data }))
 }

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::error::parse_json;
+use super::error::{parse_json, AdminQuery, ErrorBody};
 use super::{AdminError, Principal};
 use crate::app::App;
 use crate::clock::{day_of, day_text};
@@ -26,14 +26,23 @@ fn require_admin(p: &Principal) -> Result<(), AdminError> {
     }
 }
 
-#[derive(Serialize)]
-struct Created {
+/// A key just issued: the view plus the key itself, shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Created {
     /// Shown once; only its hash is stored.
     vault_key: String,
     #[serde(flatten)]
     key: KeyView,
 }
 
+#[utoipa::path(post, path = "/admin/vault_keys", tag = "vault keys", request_body = CreateKey,
+    responses((status = 201, description = "Issued", body = Created),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for this key", body = ErrorBody),
+        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+/// Issue a vault key.
 pub async fn create(
     State(app): State<Arc<App>>,
     Extension(p): Extension<Principal>,
@@ -48,33 +57,28 @@ pub async fn create(
     let stored = record.clone();
     app.store.write(move |l| l.insert_key(&stored)).await?;
     tracing::info!(key_id = %record.id, label = %record.label, "vault key issued");
-    let key = KeyView::new(
-        &record,
-        Spend::default(),
-        now_us / 1_000_000,
-        day_of(now_us),
-    );
-    Ok((
-        StatusCode::CREATED,
-        Json(Created {
-            vault_key: vault_key.expose().to_owned(),
-            key,
-        }),
-    ))
+    let key = KeyView::new(&record, Spend::default(), now_us / 1_000_000, day_of(now_us));
+    Ok((StatusCode::CREATED, Json(Created { vault_key: vault_key.expose().to_owned(), key })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only keys whose label starts with this.
     label_prefix: Option<String>,
+    /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Cursor: the last id of the previous page.
     starting_after: Option<String>,
 }
 
-#[derive(Serialize)]
-pub struct List<T> {
+/// A page of keys.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct KeyList {
     pub object: &'static str,
-    pub data: Vec<T>,
+    pub data: Vec<KeyView>,
     pub has_more: bool,
 }
 
@@ -82,66 +86,53 @@ pub struct List<T> {
 async fn views(app: &App, keys: Vec<KeyRecord>) -> Result<Vec<KeyView>, AdminError> {
     let now_us = app.clock.now_us();
     let day = day_of(now_us);
-    let spend: HashMap<String, Spend> = app
-        .store
-        .read(move |l| l.spend_by_key(day))
-        .await?
-        .into_iter()
-        .collect();
+    let spend: HashMap<String, Spend> = app.store.read(move |l| l.spend_by_key(day)).await?.into_iter().collect();
     Ok(keys
         .iter()
-        .map(|k| {
-            KeyView::new(
-                k,
-                spend.get(&k.id).copied().unwrap_or_default(),
-                now_us / 1_000_000,
-                day,
-            )
-        })
+        .map(|k| KeyView::new(k, spend.get(&k.id).copied().unwrap_or_default(), now_us / 1_000_000, day))
         .collect())
 }
 
+#[utoipa::path(get, path = "/admin/vault_keys", tag = "vault keys", params(ListParams),
+    responses((status = 200, description = "Keys, never their secrets", body = KeyList),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for this key", body = ErrorBody),
+        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+/// List vault keys.
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(p): Extension<Principal>,
-    Query(params): Query<ListParams>,
-) -> Result<Json<List<KeyView>>, AdminError> {
+    AdminQuery(params): AdminQuery<ListParams>,
+) -> Result<Json<KeyList>, AdminError> {
     require_admin(&p)?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(AdminError::invalid(
-            "limit",
-            "limit must be between 1 and 1000",
-        ));
+        return Err(AdminError::invalid("limit", "limit must be between 1 and 1000"));
     }
-    let query = KeyQuery {
-        label_prefix: params.label_prefix,
-        limit: limit + 1,
-        after_id: params.starting_after,
-    };
+    let query = KeyQuery { label_prefix: params.label_prefix, limit: limit + 1, after_id: params.starting_after };
     let mut keys = app.store.read(move |l| l.list_keys(&query)).await?;
     let has_more = keys.len() > limit;
     keys.truncate(limit);
-    Ok(Json(List {
-        object: "list",
-        data: views(&app, keys).await?,
-        has_more,
-    }))
+    Ok(Json(KeyList { object: "list", data: views(&app, keys).await?, has_more }))
 }
 
 async fn one(app: &App, id: String) -> Result<KeyView, AdminError> {
     let missing = format!("No such vault key: '{id}'");
-    let key = app
-        .store
-        .read(move |l| l.key_by_id(&id))
-        .await?
-        .ok_or(AdminError::NotFound(missing))?;
-    views(app, vec![key])
-        .await?
-        .pop()
-        .ok_or(AdminError::Storage)
+    let key = app.store.read(move |l| l.key_by_id(&id)).await?.ok_or(AdminError::NotFound(missing))?;
+    views(app, vec![key]).await?.pop().ok_or(AdminError::Storage)
 }
 
+#[utoipa::path(get, path = "/admin/vault_keys/{id}", tag = "vault keys", params(("id" = String, Path, description = "Key id (key_...)")),
+    responses((status = 200, description = "The key with its spend today", body = KeyView),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for this key", body = ErrorBody),
+        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+/// Show one vault key.
 pub async fn show(
     State(app): State<Arc<App>>,
     Extension(p): Extension<Principal>,
@@ -151,7 +142,15 @@ pub async fn show(
     Ok(Json(one(&app, id).await?))
 }
 
-/// Revokes one key at once: the next request with it is refused.
+#[utoipa::path(delete, path = "/admin/vault_keys/{id}", tag = "vault keys", params(("id" = String, Path, description = "Key id (key_...)")),
+    responses((status = 200, description = "Revoked", body = KeyView),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for this key", body = ErrorBody),
+        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+/// Revoke one key at once: the next request with it is refused.
 pub async fn revoke(
     State(app): State<Arc<App>>,
     Extension(p): Extension<Principal>,
@@ -160,78 +159,88 @@ pub async fn revoke(
     require_admin(&p)?;
     let now = app.clock.now_us() / 1_000_000;
     let selector = RevokeSelector::Id(id.clone());
-    let revoked = app
-        .store
-        .write(move |l| l.revoke_keys(&selector, now))
-        .await?;
+    let revoked = app.store.write(move |l| l.revoke_keys(&selector, now)).await?;
     if !revoked.is_empty() {
         tracing::info!(key_id = %id, "vault key revoked");
     }
     Ok(Json(one(&app, id).await?))
 }
 
-#[derive(Deserialize)]
+/// Which keys to revoke.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RevokePrefix {
+pub struct RevokePrefix {
+    /// Every active key whose label starts with this (must not be empty).
+    #[schema(min_length = 1)]
     label_prefix: String,
 }
 
-#[derive(Serialize)]
-struct Revoked {
+/// What a revoke-by-prefix stopped.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Revoked {
     revoked: usize,
     ids: Vec<String>,
 }
 
-/// The kill switch: revokes every active key whose label starts with the prefix.
+#[utoipa::path(post, path = "/admin/vault_keys/revoke", tag = "vault keys", request_body = RevokePrefix,
+    responses((status = 200, description = "Revoked", body = Revoked),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for this key", body = ErrorBody),
+        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+/// The kill switch: revoke every active key whose label starts with the prefix.
 pub async fn revoke_prefix(
     State(app): State<Arc<App>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
-) -> Result<Json<impl Serialize>, AdminError> {
+) -> Result<Json<Revoked>, AdminError> {
     require_admin(&p)?;
     let RevokePrefix { label_prefix } = parse_json(&body)?;
     if label_prefix.is_empty() {
-        return Err(AdminError::invalid(
-            "label_prefix",
-            "label_prefix must not be empty",
-        ));
+        return Err(AdminError::invalid("label_prefix", "label_prefix must not be empty"));
     }
     let now = app.clock.now_us() / 1_000_000;
     let selector = RevokeSelector::LabelPrefix(label_prefix.clone());
-    let ids = app
-        .store
-        .write(move |l| l.revoke_keys(&selector, now))
-        .await?;
+    let ids = app.store.write(move |l| l.revoke_keys(&selector, now)).await?;
     tracing::info!(label_prefix = %label_prefix, count = ids.len(), "vault keys revoked by prefix");
-    Ok(Json(Revoked {
-        revoked: ids.len(),
-        ids,
-    }))
+    Ok(Json(Revoked { revoked: ids.len(), ids }))
 }
 
-#[derive(Serialize)]
-struct UsageRow {
+/// One key's spend today.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageRow {
     id: String,
     label: String,
+    #[schema(value_type = Option<f64>)]
     daily_usd_cap: Option<serde_json::Number>,
+    #[schema(value_type = f64)]
     spent_today_usd: serde_json::Number,
+    #[schema(value_type = f64)]
     reserved_usd: serde_json::Number,
+    #[schema(value_type = f64)]
     uncertain_usd: serde_json::Number,
     state: crate::model::KeyState,
 }
 
-#[derive(Serialize)]
-struct Usage {
+/// Spend today by key.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Usage {
     object: &'static str,
+    /// The UTC day, YYYY-MM-DD.
     day: String,
     data: Vec<UsageRow>,
 }
 
+#[utoipa::path(get, path = "/admin/usage", tag = "vault keys",
+    responses((status = 200, description = "Keys with spend today, most spent first", body = Usage),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
+        (status = 403, description = "Not allowed for this key", body = ErrorBody),
+        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
 /// Keys with spend today, most spent first.
-pub async fn usage(
-    State(app): State<Arc<App>>,
-    Extension(p): Extension<Principal>,
-) -> Result<Json<impl Serialize>, AdminError> {
+pub async fn usage(State(app): State<Arc<App>>, Extension(p): Extension<Principal>) -> Result<Json<Usage>, AdminError> {
     require_admin(&p)?;
     let now_us = app.clock.now_us();
     let day = day_of(now_us);
@@ -261,9 +270,5 @@ pub async fn usage(
             uncertain_usd: usd_number(m(s.uncertain)),
         })
         .collect();
-    Ok(Json(Usage {
-        object: "usage",
-        day: day_text(day),
-        data,
-    }))
+    Ok(Json(Usage { object: "usage", day: day_text(day), data }))
 }

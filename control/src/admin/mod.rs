@@ -6,6 +6,7 @@ mod audit;
 mod error;
 mod fx;
 mod keys;
+mod openapi;
 
 use std::sync::Arc;
 
@@ -47,10 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
         .route("/admin/vault_keys", post(keys::create).get(keys::list))
         .route("/admin/vault_keys/revoke", post(keys::revoke_prefix))
-        .route(
-            "/admin/vault_keys/{id}",
-            get(keys::show).delete(keys::revoke),
-        )
+        .route("/admin/vault_keys/{id}", get(keys::show).delete(keys::revoke))
         .route("/admin/usage", get(keys::usage))
         .route("/admin/audit", get(audit::query))
         .route("/admin/audit/verify", get(audit::verify))
@@ -58,8 +56,10 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
+        .route("/admin/openapi.json", get(openapi::document))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(admin)
         .with_state(app)
 }
@@ -68,10 +68,13 @@ async fn not_found() -> AdminError {
     AdminError::NotFound("Unrecognized request URL.".into())
 }
 
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}
+
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.store.read(|l| l.ping()).await {
-        Ok(()) => Json(serde_json::json!({"status": "ready", "storage": app.store.backend_name()}))
-            .into_response(),
+        Ok(()) => Json(serde_json::json!({"status": "ready", "storage": app.store.backend_name()})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: storage unreachable");
             AdminError::Storage.into_response()
@@ -82,9 +85,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get("authorization")?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
@@ -115,7 +116,6 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
     if !allowed {
         return AdminError::Forbidden.into_response();
     }
-    req.extensions_mut()
-        .insert(Principal::AuditKey { key_id: key.id });
+    req.extensions_mut().insert(Principal::AuditKey { key_id: key.id });
     next.run(req).await
 }

@@ -31,31 +31,18 @@ pub struct Break {
 
 /// Checks `rows` (consecutive, in order) continuing a chain whose last verified
 /// row is (`prev_seq`, `prev_hash`).
-pub fn verify_rows(
-    prev_seq: i64,
-    prev_hash: &str,
-    rows: &[AuditRow],
-) -> Result<(i64, String), Break> {
+pub fn verify_rows(prev_seq: i64, prev_hash: &str, rows: &[AuditRow]) -> Result<(i64, String), Break> {
     let mut seq = prev_seq;
     let mut hash = prev_hash.to_owned();
     for row in rows {
         if row.seq != seq + 1 {
-            return Err(Break {
-                seq: row.seq,
-                reason: "a row is missing before this one",
-            });
+            return Err(Break { seq: row.seq, reason: "a row is missing before this one" });
         }
         if row.prev_hash != hash {
-            return Err(Break {
-                seq: row.seq,
-                reason: "prev_hash does not match the previous row",
-            });
+            return Err(Break { seq: row.seq, reason: "prev_hash does not match the previous row" });
         }
         if link(&row.prev_hash, row.seq, &row.entry) != row.hash {
-            return Err(Break {
-                seq: row.seq,
-                reason: "the row's content does not match its hash",
-            });
+            return Err(Break { seq: row.seq, reason: "the row's content does not match its hash" });
         }
         seq = row.seq;
         hash = row.hash.clone();
@@ -71,18 +58,9 @@ mod tests {
         let mut prev = GENESIS.to_owned();
         (1..=n)
             .map(|seq| {
-                let entry = AuditEntry {
-                    call_id: format!("c{seq}"),
-                    usd_micros: Some(seq * 10),
-                    ..Default::default()
-                };
+                let entry = AuditEntry { call_id: format!("c{seq}"), usd_micros: Some(seq * 10), ..Default::default() };
                 let hash = link(&prev, seq, &entry);
-                let row = AuditRow {
-                    seq,
-                    prev_hash: prev.clone(),
-                    hash: hash.clone(),
-                    entry,
-                };
+                let row = AuditRow { seq, prev_hash: prev.clone(), hash: hash.clone(), entry };
                 prev = hash;
                 row
             })

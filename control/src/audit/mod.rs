@@ -11,7 +11,7 @@ use crate::store::{Store, StoreResult};
 use keybrake_core::money::UsdMicros;
 
 /// One audit row as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditView {
     pub seq: i64,
     pub object: &'static str,
@@ -29,6 +29,7 @@ pub struct AuditView {
     pub upstream_status: Option<u32>,
     pub amount: Option<i64>,
     pub currency: String,
+    #[schema(value_type = Option<f64>)]
     pub usd: Option<serde_json::Number>,
     pub price_basis: String,
     pub idempotency_key: String,
@@ -80,7 +81,7 @@ impl From<&AuditRow> for AuditView {
 }
 
 /// Result of walking the whole chain.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ChainReport {
     pub ok: bool,
     pub rows: i64,
@@ -97,13 +98,7 @@ pub async fn verify(store: &Store) -> StoreResult<ChainReport> {
     loop {
         let rows = store.read(move |l| l.audit_rows(seq, PAGE)).await?;
         if rows.is_empty() {
-            return Ok(ChainReport {
-                ok: true,
-                rows: seq,
-                head_hash: hash,
-                broken_at_seq: None,
-                reason: None,
-            });
+            return Ok(ChainReport { ok: true, rows: seq, head_hash: hash, broken_at_seq: None, reason: None });
         }
         match chain::verify_rows(seq, &hash, &rows) {
             Ok((s, h)) => {

@@ -13,8 +13,7 @@ use futures_util::future::Either;
 
 use crate::audit::chain;
 use crate::model::{
-    AuditEntry, AuditRow, Bucket, CallRow, CallState, FxRate, IdemRecord, KeyRecord, ObjectAmount,
-    Spend,
+    AuditEntry, AuditRow, Bucket, CallRow, CallState, FxRate, IdemRecord, KeyRecord, ObjectAmount, Spend,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -80,32 +79,13 @@ pub trait Ledger {
     fn spend_by_key(&mut self, day: i64) -> StoreResult<Vec<(String, Spend)>>;
     /// Check-and-reserve in one atomic statement: adds `amount` to the day's
     /// reserved spend only if committed + reserved + uncertain + amount <= cap.
-    fn reserve(
-        &mut self,
-        key_id: &str,
-        day: i64,
-        amount: i64,
-        cap: Option<i64>,
-    ) -> StoreResult<bool>;
+    fn reserve(&mut self, key_id: &str, day: i64, amount: i64, cap: Option<i64>) -> StoreResult<bool>;
     /// Moves `amount` out of `from` into `to` (`None` releases it).
-    fn move_spend(
-        &mut self,
-        key_id: &str,
-        day: i64,
-        amount: i64,
-        from: Bucket,
-        to: Option<Bucket>,
-    ) -> StoreResult<()>;
+    fn move_spend(&mut self, key_id: &str, day: i64, amount: i64, from: Bucket, to: Option<Bucket>) -> StoreResult<()>;
 
     fn insert_call(&mut self, call: &CallRow) -> StoreResult<()>;
     fn call(&mut self, call_id: &str) -> StoreResult<Option<CallRow>>;
-    fn set_call_state(
-        &mut self,
-        call_id: &str,
-        state: CallState,
-        bucket: Bucket,
-        at: i64,
-    ) -> StoreResult<()>;
+    fn set_call_state(&mut self, call_id: &str, state: CallState, bucket: Bucket, at: i64) -> StoreResult<()>;
     /// Pending calls whose lease ran out (their gateway never settled them).
     fn expired_pending_calls(&mut self, now: i64, limit: usize) -> StoreResult<Vec<CallRow>>;
 
@@ -138,12 +118,7 @@ pub trait Ledger {
     fn append_audit(&mut self, entry: &AuditEntry) -> StoreResult<AuditRow> {
         let (seq, prev) = self.audit_head()?;
         let seq = seq + 1;
-        let row = AuditRow {
-            seq,
-            hash: chain::link(&prev, seq, entry),
-            prev_hash: prev,
-            entry: entry.clone(),
-        };
+        let row = AuditRow { seq, hash: chain::link(&prev, seq, entry), prev_hash: prev, entry: entry.clone() };
         self.insert_audit(&row)?;
         Ok(row)
     }

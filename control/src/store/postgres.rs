@@ -50,7 +50,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn pg(e: postgres::Error) -> StoreError {
     match e.code() {
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
+        Some(c)
+            if *c == SqlState::UNIQUE_VIOLATION
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
             StoreError::Conflict(e.to_string())
         }
         _ => StoreError::Unavailable(e.to_string()),
@@ -261,7 +265,9 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
         let scopes: Vec<String> = key.scopes.iter().map(ToString::to_string).collect();
         self.c
             .execute(
-                &format!("INSERT INTO vault_keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"),
+                &format!(
+                    "INSERT INTO vault_keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+                ),
                 &[
                     &key.id,
                     &key.key_hash.as_slice(),
@@ -292,7 +298,8 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
     }
 
     fn key_by_id(&mut self, id: &str) -> StoreResult<Option<KeyRecord>> {
-        let row = self.c.query_opt(&format!("SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = $1"), &[&id]).map_err(pg)?;
+        let row =
+            self.c.query_opt(&format!("SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = $1"), &[&id]).map_err(pg)?;
         row.as_ref().map(key_from_row).transpose()
     }
 
@@ -330,7 +337,11 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
             )
             .map_err(pg)?;
         match row {
-            Some(r) => Ok(Spend { committed: r.try_get(0).map_err(pg)?, reserved: r.try_get(1).map_err(pg)?, uncertain: r.try_get(2).map_err(pg)? }),
+            Some(r) => Ok(Spend {
+                committed: r.try_get(0).map_err(pg)?,
+                reserved: r.try_get(1).map_err(pg)?,
+                uncertain: r.try_get(2).map_err(pg)?,
+            }),
             None => Ok(Spend::default()),
         }
     }
@@ -338,13 +349,20 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
     fn spend_by_key(&mut self, day: i64) -> StoreResult<Vec<(String, Spend)>> {
         let rows = self
             .c
-            .query("SELECT key_id, committed_micros, reserved_micros, uncertain_micros FROM daily_spend WHERE day = $1", &[&day])
+            .query(
+                "SELECT key_id, committed_micros, reserved_micros, uncertain_micros FROM daily_spend WHERE day = $1",
+                &[&day],
+            )
             .map_err(pg)?;
         rows.iter()
             .map(|r| {
                 Ok((
                     r.try_get(0).map_err(pg)?,
-                    Spend { committed: r.try_get(1).map_err(pg)?, reserved: r.try_get(2).map_err(pg)?, uncertain: r.try_get(3).map_err(pg)? },
+                    Spend {
+                        committed: r.try_get(1).map_err(pg)?,
+                        reserved: r.try_get(2).map_err(pg)?,
+                        uncertain: r.try_get(3).map_err(pg)?,
+                    },
                 ))
             })
             .collect()
@@ -447,7 +465,9 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
         let (status, headers, body) = response_columns(r)?;
         self.c
             .execute(
-                &format!("INSERT INTO idempotency ({IDEM_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"),
+                &format!(
+                    "INSERT INTO idempotency ({IDEM_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+                ),
                 &[
                     &r.account,
                     &r.op_key,
@@ -517,7 +537,10 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
     fn object(&mut self, object_id: &str) -> StoreResult<Option<ObjectAmount>> {
         let row = self
             .c
-            .query_opt("SELECT object_id, currency, amount_minor, seen_at FROM objects WHERE object_id = $1", &[&object_id])
+            .query_opt(
+                "SELECT object_id, currency, amount_minor, seen_at FROM objects WHERE object_id = $1",
+                &[&object_id],
+            )
             .map_err(pg)?;
         row.map(|r| {
             Ok(ObjectAmount {
@@ -543,9 +566,16 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
     }
 
     fn fx_rates(&mut self) -> StoreResult<Vec<FxRate>> {
-        let rows = self.c.query("SELECT currency, usd_per_unit, as_of FROM fx_rates ORDER BY currency", &[]).map_err(pg)?;
+        let rows =
+            self.c.query("SELECT currency, usd_per_unit, as_of FROM fx_rates ORDER BY currency", &[]).map_err(pg)?;
         rows.iter()
-            .map(|r| Ok(FxRate { currency: r.try_get(0).map_err(pg)?, usd_per_unit: r.try_get(1).map_err(pg)?, as_of: r.try_get(2).map_err(pg)? }))
+            .map(|r| {
+                Ok(FxRate {
+                    currency: r.try_get(0).map_err(pg)?,
+                    usd_per_unit: r.try_get(1).map_err(pg)?,
+                    as_of: r.try_get(2).map_err(pg)?,
+                })
+            })
             .collect()
     }
 

@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 use super::{AuditQuery, KeyQuery, Ledger, RevokeSelector, StoreError, StoreResult};
 use crate::audit::chain::GENESIS;
 use crate::model::{
-    AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState,
-    KeyRecord, ObjectAmount, Spend, StoredResponse,
+    AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState, KeyRecord,
+    ObjectAmount, Spend, StoredResponse,
 };
 
 mod migrations {
@@ -86,13 +86,10 @@ impl ReaderPool {
         if let Some(conn) = self.idle.lock().map_err(unavailable)?.pop() {
             return Ok(conn);
         }
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(unavailable)?;
-        conn.execute_batch("PRAGMA busy_timeout=5000;")
-            .map_err(unavailable)?;
+        let conn =
+            Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(unavailable)?;
+        conn.execute_batch("PRAGMA busy_timeout=5000;").map_err(unavailable)?;
         Ok(conn)
     }
 
@@ -111,9 +108,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn sql_error(e: rusqlite::Error) -> StoreError {
     match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
             StoreError::Conflict(e.to_string())
         }
         rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
@@ -131,9 +126,7 @@ impl SqliteStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
         )
         .map_err(unavailable)?;
-        migrations::migrations::runner()
-            .run(&mut conn)
-            .map_err(|e| unavailable(format!("migrations: {e}")))?;
+        migrations::migrations::runner().run(&mut conn).map_err(|e| unavailable(format!("migrations: {e}")))?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         thread::Builder::new()
             .name("keybrake-sqlite-writer".into())
@@ -141,38 +134,24 @@ impl SqliteStore {
             .map_err(unavailable)?;
         Ok(SqliteStore {
             writer: tx,
-            readers: Arc::new(ReaderPool {
-                path: path.to_owned(),
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
         })
     }
 
-    pub fn write<T, F>(
-        &self,
-        f: F,
-    ) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
+    pub fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
     where
         F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let sent = self.writer.send(Box::new(TypedJob {
-            work: Some(f),
-            result: None,
-            reply,
-        }));
+        let sent = self.writer.send(Box::new(TypedJob { work: Some(f), result: None, reply }));
         async move {
             sent.map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?;
-            rx.await
-                .map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?
+            rx.await.map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?
         }
     }
 
-    pub fn read<T, F>(
-        &self,
-        f: F,
-    ) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
+    pub fn read<T, F>(&self, f: F) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
     where
         F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
@@ -213,11 +192,7 @@ fn run_writer(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
                 continue;
             }
             let ok = job.run(&mut SqliteLedger { conn: &conn });
-            let end = if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
+            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
             if let Err(e) = conn.execute_batch(end) {
                 job.fail(unavailable(e));
             }
@@ -249,13 +224,8 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     let accounts: String = row.get(5)?;
     let vendor: String = row.get(3)?;
     let dedup: String = row.get(9)?;
-    let corrupt = |what: &str| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            what.to_owned().into(),
-        )
-    };
+    let corrupt =
+        |what: &str| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.to_owned().into());
     Ok(KeyRecord {
         id: row.get(0)?,
         key_hash: hash.try_into().map_err(|_| corrupt("key_hash"))?,
@@ -267,14 +237,9 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
             .map(|s| s.parse())
             .collect::<Result<_, _>>()
             .map_err(|_| corrupt("allowed_endpoints"))?,
-        allowed_accounts: serde_json::from_str(&accounts)
-            .map_err(|_| corrupt("allowed_accounts"))?,
-        daily_cap: row
-            .get::<_, Option<i64>>(6)?
-            .map(keybrake_core::money::UsdMicros),
-        max_per_call: row
-            .get::<_, Option<i64>>(7)?
-            .map(keybrake_core::money::UsdMicros),
+        allowed_accounts: serde_json::from_str(&accounts).map_err(|_| corrupt("allowed_accounts"))?,
+        daily_cap: row.get::<_, Option<i64>>(6)?.map(keybrake_core::money::UsdMicros),
+        max_per_call: row.get::<_, Option<i64>>(7)?.map(keybrake_core::money::UsdMicros),
         allow_unpriced: row.get(8)?,
         dedup: DedupMode::parse(&dedup).ok_or_else(|| corrupt("dedup_mode"))?,
         dedup_window_secs: row.get(10)?,
@@ -317,14 +282,12 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
         unpriced: row.get(6)?,
         created_at: row.get(7)?,
         lease_expires_at: row.get(8)?,
-        context: serde_json::from_str(&context).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        context: serde_json::from_str(&context)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e)))?,
     })
 }
 
-const IDEM_COLUMNS: &str =
-    "account, op_key, fingerprint, endpoint, state, call_id, forwarded_key, created_at, \
+const IDEM_COLUMNS: &str = "account, op_key, fingerprint, endpoint, state, call_id, forwarded_key, created_at, \
     expires_at, lease_expires_at, status, headers, body";
 
 fn idem_from_row(row: &Row<'_>) -> rusqlite::Result<IdemRecord> {
@@ -334,9 +297,7 @@ fn idem_from_row(row: &Row<'_>) -> rusqlite::Result<IdemRecord> {
     let body: Option<Vec<u8>> = row.get(12)?;
     let response = status.map(|status| StoredResponse {
         status,
-        headers: headers
-            .and_then(|h| serde_json::from_str(&h).ok())
-            .unwrap_or_default(),
+        headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
         body: body.unwrap_or_default(),
     });
     Ok(IdemRecord {
@@ -360,9 +321,8 @@ fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<AuditRow> {
         seq: row.get(0)?,
         prev_hash: row.get(1)?,
         hash: row.get(2)?,
-        entry: serde_json::from_str::<AuditEntry>(&entry).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        entry: serde_json::from_str::<AuditEntry>(&entry)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?,
     })
 }
 
@@ -374,7 +334,9 @@ impl Ledger for SqliteLedger<'_> {
     fn insert_key(&mut self, key: &KeyRecord) -> StoreResult<()> {
         let scopes: Vec<String> = key.scopes.iter().map(ToString::to_string).collect();
         self.conn
-            .prepare_cached(&format!("INSERT INTO vault_keys ({KEY_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"))
+            .prepare_cached(&format!(
+                "INSERT INTO vault_keys ({KEY_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
+            ))
             .and_then(|mut s| {
                 s.execute(params![
                     key.id,
@@ -399,21 +361,14 @@ impl Ledger for SqliteLedger<'_> {
 
     fn key_by_hash(&mut self, hash: &[u8; 32]) -> StoreResult<Option<KeyRecord>> {
         self.conn
-            .prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM vault_keys WHERE key_hash = ?1"
-            ))
-            .and_then(|mut s| {
-                s.query_row(params![hash.as_slice()], key_from_row)
-                    .optional()
-            })
+            .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM vault_keys WHERE key_hash = ?1"))
+            .and_then(|mut s| s.query_row(params![hash.as_slice()], key_from_row).optional())
             .map_err(sql_error)
     }
 
     fn key_by_id(&mut self, id: &str) -> StoreResult<Option<KeyRecord>> {
         self.conn
-            .prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = ?1"
-            ))
+            .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM vault_keys WHERE id = ?1"))
             .and_then(|mut s| s.query_row(params![id], key_from_row).optional())
             .map_err(sql_error)
     }
@@ -442,10 +397,7 @@ impl Ledger for SqliteLedger<'_> {
         };
         self.conn
             .prepare_cached(sql)
-            .and_then(|mut s| {
-                s.query_map(params![arg, at], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, _>>()
-            })
+            .and_then(|mut s| s.query_map(params![arg, at], |r| r.get(0))?.collect::<Result<Vec<String>, _>>())
             .map_err(sql_error)
     }
 
@@ -478,13 +430,7 @@ impl Ledger for SqliteLedger<'_> {
             .map_err(sql_error)
     }
 
-    fn reserve(
-        &mut self,
-        key_id: &str,
-        day: i64,
-        amount: i64,
-        cap: Option<i64>,
-    ) -> StoreResult<bool> {
+    fn reserve(&mut self, key_id: &str, day: i64, amount: i64, cap: Option<i64>) -> StoreResult<bool> {
         // One statement: the row is created if missing and the amount added only
         // if the cap holds; the WHERE of the upsert is the check.
         let changed = self
@@ -499,14 +445,7 @@ impl Ledger for SqliteLedger<'_> {
         Ok(changed == 1)
     }
 
-    fn move_spend(
-        &mut self,
-        key_id: &str,
-        day: i64,
-        amount: i64,
-        from: Bucket,
-        to: Option<Bucket>,
-    ) -> StoreResult<()> {
+    fn move_spend(&mut self, key_id: &str, day: i64, amount: i64, from: Bucket, to: Option<Bucket>) -> StoreResult<()> {
         let sql = match to {
             Some(to) => format!(
                 "UPDATE daily_spend SET {f} = {f} - ?3, {t} = {t} + ?3 WHERE key_id = ?1 AND day = ?2",
@@ -525,9 +464,7 @@ impl Ledger for SqliteLedger<'_> {
     fn insert_call(&mut self, call: &CallRow) -> StoreResult<()> {
         let context = to_json(&call.context)?;
         self.conn
-            .prepare_cached(&format!(
-                "INSERT INTO calls ({CALL_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
-            ))
+            .prepare_cached(&format!("INSERT INTO calls ({CALL_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"))
             .and_then(|mut s| {
                 s.execute(params![
                     call.call_id,
@@ -548,24 +485,14 @@ impl Ledger for SqliteLedger<'_> {
 
     fn call(&mut self, call_id: &str) -> StoreResult<Option<CallRow>> {
         self.conn
-            .prepare_cached(&format!(
-                "SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1"
-            ))
+            .prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1"))
             .and_then(|mut s| s.query_row(params![call_id], call_from_row).optional())
             .map_err(sql_error)
     }
 
-    fn set_call_state(
-        &mut self,
-        call_id: &str,
-        state: CallState,
-        bucket: Bucket,
-        at: i64,
-    ) -> StoreResult<()> {
+    fn set_call_state(&mut self, call_id: &str, state: CallState, bucket: Bucket, at: i64) -> StoreResult<()> {
         self.conn
-            .prepare_cached(
-                "UPDATE calls SET state = ?2, bucket = ?3, settled_at = ?4 WHERE call_id = ?1",
-            )
+            .prepare_cached("UPDATE calls SET state = ?2, bucket = ?3, settled_at = ?4 WHERE call_id = ?1")
             .and_then(|mut s| s.execute(params![call_id, state.as_str(), bucket_name(bucket), at]))
             .map(|_| ())
             .map_err(sql_error)
@@ -582,13 +509,8 @@ impl Ledger for SqliteLedger<'_> {
 
     fn idempotency(&mut self, account: &str, op_key: &str) -> StoreResult<Option<IdemRecord>> {
         self.conn
-            .prepare_cached(&format!(
-                "SELECT {IDEM_COLUMNS} FROM idempotency WHERE account = ?1 AND op_key = ?2"
-            ))
-            .and_then(|mut s| {
-                s.query_row(params![account, op_key], idem_from_row)
-                    .optional()
-            })
+            .prepare_cached(&format!("SELECT {IDEM_COLUMNS} FROM idempotency WHERE account = ?1 AND op_key = ?2"))
+            .and_then(|mut s| s.query_row(params![account, op_key], idem_from_row).optional())
             .map_err(sql_error)
     }
 
@@ -658,13 +580,8 @@ impl Ledger for SqliteLedger<'_> {
 
     fn idempotency_for_call(&mut self, call_id: &str) -> StoreResult<Vec<IdemRecord>> {
         self.conn
-            .prepare_cached(&format!(
-                "SELECT {IDEM_COLUMNS} FROM idempotency WHERE call_id = ?1"
-            ))
-            .and_then(|mut s| {
-                s.query_map(params![call_id], idem_from_row)?
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .prepare_cached(&format!("SELECT {IDEM_COLUMNS} FROM idempotency WHERE call_id = ?1"))
+            .and_then(|mut s| s.query_map(params![call_id], idem_from_row)?.collect::<Result<Vec<_>, _>>())
             .map_err(sql_error)
     }
 
@@ -681,7 +598,12 @@ impl Ledger for SqliteLedger<'_> {
             .prepare_cached("SELECT object_id, currency, amount_minor, seen_at FROM objects WHERE object_id = ?1")
             .and_then(|mut s| {
                 s.query_row(params![object_id], |r| {
-                    Ok(ObjectAmount { object_id: r.get(0)?, currency: r.get(1)?, amount_minor: r.get(2)?, seen_at: r.get(3)? })
+                    Ok(ObjectAmount {
+                        object_id: r.get(0)?,
+                        currency: r.get(1)?,
+                        amount_minor: r.get(2)?,
+                        seen_at: r.get(3)?,
+                    })
                 })
                 .optional()
             })
@@ -704,14 +626,8 @@ impl Ledger for SqliteLedger<'_> {
         self.conn
             .prepare_cached("SELECT currency, usd_per_unit, as_of FROM fx_rates ORDER BY currency")
             .and_then(|mut s| {
-                s.query_map([], |r| {
-                    Ok(FxRate {
-                        currency: r.get(0)?,
-                        usd_per_unit: r.get(1)?,
-                        as_of: r.get(2)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()
+                s.query_map([], |r| Ok(FxRate { currency: r.get(0)?, usd_per_unit: r.get(1)?, as_of: r.get(2)? }))?
+                    .collect::<Result<Vec<_>, _>>()
             })
             .map_err(sql_error)
     }
@@ -803,14 +719,14 @@ impl Ledger for SqliteLedger<'_> {
     fn audit_rows(&mut self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
         self.conn
             .prepare_cached("SELECT seq, prev_hash, hash, entry FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .and_then(|mut s| s.query_map(params![after_seq, limit as i64], audit_from_row)?.collect::<Result<Vec<_>, _>>())
+            .and_then(|mut s| {
+                s.query_map(params![after_seq, limit as i64], audit_from_row)?.collect::<Result<Vec<_>, _>>()
+            })
             .map_err(sql_error)
     }
 
     fn ping(&mut self) -> StoreResult<()> {
-        self.conn
-            .query_row("SELECT 1", [], |_| Ok(()))
-            .map_err(sql_error)
+        self.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_error)
     }
 }
 
@@ -818,11 +734,7 @@ type ResponseColumns = (Option<u32>, Option<String>, Option<Vec<u8>>);
 
 fn response_columns(r: &IdemRecord) -> StoreResult<ResponseColumns> {
     Ok(match &r.response {
-        Some(resp) => (
-            Some(resp.status),
-            Some(to_json(&resp.headers)?),
-            Some(resp.body.clone()),
-        ),
+        Some(resp) => (Some(resp.status), Some(to_json(&resp.headers)?), Some(resp.body.clone())),
         None => (None, None, None),
     })
 }

@@ -37,11 +37,7 @@ pub struct TestKey {
 }
 
 fn vault() -> Vault {
-    Vault::new(
-        Secret::new("sk_test_ledger_real".into()),
-        &Secret::new("admin-key-for-tests-0123".into()),
-    )
-    .unwrap()
+    Vault::new(Secret::new("sk_test_ledger_real".into()), &Secret::new("admin-key-for-tests-0123".into())).unwrap()
 }
 
 fn app_on(store: Store) -> (Arc<App>, Arc<ManualClock>) {
@@ -81,82 +77,40 @@ fn fresh_database(admin_url: &str) -> String {
 impl Harness {
     /// Issues a key through the same validation as the admin API.
     pub async fn key(&self, label: &str, scope: &str, cap: Option<&str>, extra: &str) -> TestKey {
-        let cap = cap
-            .map(|c| format!(r#","daily_usd_cap":{c}"#))
-            .unwrap_or_default();
-        let extra = if extra.is_empty() {
-            String::new()
-        } else {
-            format!(",{extra}")
-        };
-        let mut json = format!(
-            r#"{{"label":"{label}","vendor":"stripe","allowed_endpoints":["{scope}"]{cap}{extra}}}"#
-        );
+        let cap = cap.map(|c| format!(r#","daily_usd_cap":{c}"#)).unwrap_or_default();
+        let extra = if extra.is_empty() { String::new() } else { format!(",{extra}") };
+        let mut json =
+            format!(r#"{{"label":"{label}","vendor":"stripe","allowed_endpoints":["{scope}"]{cap}{extra}}}"#);
         if !json.contains("expires_in_seconds") {
             json = json.replacen('{', r#"{"expires_in_seconds":3600,"#, 1);
         }
         let request: CreateKey = serde_json::from_str(&json).unwrap();
         let vault_key = new_vault_key().unwrap();
-        let record = request.validate().unwrap().into_record(
-            new_id("key"),
-            vault_key.hash(),
-            START_US / 1_000_000,
-        );
-        let key = TestKey {
-            id: record.id.clone(),
-            hash: vault_key.hash(),
-        };
-        self.app
-            .store
-            .write(move |l| l.insert_key(&record))
-            .await
-            .unwrap();
+        let record = request.validate().unwrap().into_record(new_id("key"), vault_key.hash(), START_US / 1_000_000);
+        let key = TestKey { id: record.id.clone(), hash: vault_key.hash() };
+        self.app.store.write(move |l| l.insert_key(&record)).await.unwrap();
         key
     }
 
     pub async fn spend(&self, key: &TestKey) -> Spend {
         let (id, day) = (key.id.clone(), day_of(START_US));
-        self.app
-            .store
-            .read(move |l| l.spend(&id, day))
-            .await
-            .unwrap()
+        self.app.store.read(move |l| l.spend(&id, day)).await.unwrap()
     }
 
     pub async fn sweep(&self) {
         let now = self.clock.0.load(std::sync::atomic::Ordering::SeqCst);
-        self.app
-            .store
-            .write(move |l| expire_leases(l, now))
-            .await
-            .unwrap();
+        self.app.store.write(move |l| expire_leases(l, now)).await.unwrap();
     }
 
     pub async fn audit_for(&self, key: &TestKey) -> Vec<AuditRow> {
-        let q = AuditQuery {
-            key_id: Some(key.id.clone()),
-            ascending: true,
-            limit: 1000,
-            ..Default::default()
-        };
-        self.app
-            .store
-            .read(move |l| l.query_audit(&q))
-            .await
-            .unwrap()
+        let q = AuditQuery { key_id: Some(key.id.clone()), ascending: true, limit: 1000, ..Default::default() };
+        self.app.store.read(move |l| l.query_audit(&q)).await.unwrap()
     }
 }
 
 /// An Authorize request for `POST /v1/charges`; the fingerprint depends on the content only.
-pub fn charge(
-    key: &TestKey,
-    amount: i64,
-    currency: &str,
-    idempotency_key: &str,
-) -> AuthorizeRequest {
-    let fingerprint = to_hex(&Sha256::digest(format!(
-        "POST /v1/charges amount={amount}&currency={currency}"
-    )));
+pub fn charge(key: &TestKey, amount: i64, currency: &str, idempotency_key: &str) -> AuthorizeRequest {
+    let fingerprint = to_hex(&Sha256::digest(format!("POST /v1/charges amount={amount}&currency={currency}")));
     AuthorizeRequest {
         vault_key_hash: key.hash.to_vec(),
         vendor: "stripe".into(),
