@@ -2,8 +2,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/keybrake.proto");
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    prost_build::Config::new()
-        .protoc_executable(protoc)
-        .compile_protos(&["proto/keybrake.proto"], &["proto"])?;
+    prost_build::Config::new().protoc_executable(protoc).compile_protos(&["proto/keybrake.proto"], &["proto"])?;
     Ok(())
 }
