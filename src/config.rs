@@ -19,6 +19,8 @@ pub struct FilterConfig {
     /// Envoy cluster (HTTP/2) of the control service's gRPC port.
     pub control_cluster: String,
     pub routes: Vec<Route>,
+    /// How long a call may wait for its decision (many concurrent calls on one
+    /// key queue on its spend row); past it the call is refused, never forwarded.
     pub authorize_timeout_ms: u64,
     pub settle_timeout_ms: u64,
     /// Largest request body read for pricing; larger bodies are refused.
@@ -37,7 +39,7 @@ impl Default for FilterConfig {
         FilterConfig {
             control_cluster: "keybrake_control".to_owned(),
             routes: vec![Route { prefix: "/stripe".to_owned(), vendor: "stripe".to_owned() }],
-            authorize_timeout_ms: 3_000,
+            authorize_timeout_ms: 10_000,
             settle_timeout_ms: 5_000,
             max_request_body_bytes: 64 * 1024,
             max_response_body_bytes: 64 * 1024,

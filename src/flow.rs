@@ -14,11 +14,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use keybrake_core::pricing::Price;
+use keybrake_core::scope::Method;
 use keybrake_core::stripe_error::StripeError;
 use prost::Message;
 
 use crate::config::FilterConfig;
 use crate::host::{header, Counter, Host, Rpc, Step};
+use crate::key_cache::KeyCache;
 use crate::outbox::Outbox;
 use crate::refusal::Refusal;
 use crate::request::{is_vendor_route, Incoming, Priced};
@@ -60,6 +63,7 @@ struct Seen {
 pub struct Flow {
     config: Rc<FilterConfig>,
     outbox: Rc<RefCell<Outbox>>,
+    cache: Rc<RefCell<KeyCache>>,
     stage: Stage,
     started_us: i64,
     incoming: Option<Incoming>,
@@ -78,10 +82,11 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn new(config: Rc<FilterConfig>, outbox: Rc<RefCell<Outbox>>) -> Flow {
+    pub fn new(config: Rc<FilterConfig>, outbox: Rc<RefCell<Outbox>>, cache: Rc<RefCell<KeyCache>>) -> Flow {
         Flow {
             config,
             outbox,
+            cache,
             stage: Stage::Idle,
             started_us: 0,
             incoming: None,
@@ -156,6 +161,26 @@ impl Flow {
             Err(refusal) => return self.refuse(host, refusal),
         };
         let call_id = host.new_call_id();
+        // Reads with a key this worker knows are decided here, without a round trip.
+        let stateless =
+            incoming.method != Method::Post || (priced.price == Price::Free && incoming.idempotency_key.is_empty());
+        let cached = if stateless {
+            self.cache.try_borrow().ok().and_then(|c| c.get(&incoming.key_hash).cloned())
+        } else {
+            None
+        };
+        if let Some(key) = cached.filter(|k| k.allows(incoming, host.now_micros() / 1_000_000)) {
+            let allow = wire::Allow {
+                upstream_authorization: key.metadata.upstream_authorization.clone(),
+                forwarded_idempotency_key: String::new(),
+                call_id,
+                settle: false,
+            };
+            self.priced = Some(priced);
+            host.count(Counter::DecidedLocally, None);
+            self.forward(host, allow, Some(key.metadata), false);
+            return Step::Continue;
+        }
         let request = wire::AuthorizeRequest {
             call_id: call_id.clone(),
             vault_key_hash: incoming.key_hash.to_vec(),
@@ -191,7 +216,14 @@ impl Flow {
                     .then(|| host.grpc_response_body(size).unwrap_or_default())
                     .and_then(|b| wire::AuthorizeResponse::decode(b.as_slice()).ok());
                 match reply.and_then(|r| r.verdict.map(|v| (v, r.key))) {
-                    Some((Verdict::Allow(allow), key)) => self.forward(host, allow, key),
+                    Some((Verdict::Allow(allow), key)) => {
+                        if let (Some(k), Some(incoming), false) = (&key, &self.incoming, allow.settle) {
+                            if let Ok(mut cache) = self.cache.try_borrow_mut() {
+                                cache.remember(incoming.key_hash, k.clone());
+                            }
+                        }
+                        self.forward(host, allow, key, true)
+                    }
                     Some((Verdict::Deny(deny), _)) => {
                         self.asked = None;
                         host.count(Counter::Denied, Some(&deny.code));
@@ -231,7 +263,9 @@ impl Flow {
         }
     }
 
-    fn forward(&mut self, host: &mut impl Host, allow: wire::Allow, key: Option<wire::KeyMetadata>) {
+    /// Rewrites the request for the upstream. `resume` when the request was
+    /// held for the control service's answer (a local decision never held it).
+    fn forward(&mut self, host: &mut impl Host, allow: wire::Allow, key: Option<wire::KeyMetadata>, resume: bool) {
         self.asked = None;
         let Some(incoming) = &self.incoming else {
             return;
@@ -256,7 +290,9 @@ impl Flow {
             settled: false,
         });
         self.stage = Stage::Forwarded;
-        host.resume_request();
+        if resume {
+            host.resume_request();
+        }
     }
 
     pub fn on_response_headers(&mut self, host: &mut impl Host, end_of_stream: bool) -> Step {

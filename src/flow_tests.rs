@@ -9,6 +9,7 @@ use prost::Message;
 use crate::config::FilterConfig;
 use crate::flow::{classify, Flow};
 use crate::host::{Rpc, Step};
+use crate::key_cache::KeyCache;
 use crate::mock::MockHost;
 use crate::outbox::Outbox;
 use crate::wire::{self, authorize_response::Verdict, price::Kind, Outcome};
@@ -19,7 +20,7 @@ fn key() -> VaultKey {
 
 fn setup(method: &str, path: &str, extra: &[(&str, &str)]) -> (Flow, MockHost, Rc<RefCell<Outbox>>) {
     let outbox = Rc::new(RefCell::new(Outbox::new(100)));
-    let flow = Flow::new(Rc::new(FilterConfig::default()), outbox.clone());
+    let flow = Flow::new(Rc::new(FilterConfig::default()), outbox.clone(), Rc::new(RefCell::new(KeyCache::default())));
     let mut host = MockHost { now: 1_000, ..Default::default() };
     host.request_headers = vec![
         (":method".into(), method.into()),
@@ -353,4 +354,64 @@ fn classifies_envoy_details() {
     assert_eq!(classify("upstream_reset_before_response_started{remote_reset}", 503), Outcome::Uncertain);
     assert_eq!(classify("upstream_response_timeout", 504), Outcome::Uncertain);
     assert_eq!(classify("", 0), Outcome::Uncertain);
+}
+
+fn setup_with_cache(method: &str, path: &str, cache: &Rc<RefCell<KeyCache>>) -> (Flow, MockHost) {
+    let (_, mut host, outbox) = setup(method, path, &[]);
+    host.now = 1_795_690_000_000_000;
+    (Flow::new(Rc::new(FilterConfig::default()), outbox, cache.clone()), host)
+}
+
+fn allowed_read_metadata(generation: u64) -> wire::KeyMetadata {
+    wire::KeyMetadata {
+        key_id: "key_1".into(),
+        vendor: "stripe".into(),
+        allowed_endpoints: vec!["GET /v1/charges/*".into()],
+        expires_at: 1_795_700_000,
+        upstream_authorization: "Bearer sk_test_real".into(),
+        generation,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn reads_of_a_cached_key_are_decided_without_a_round_trip() {
+    let cache = Rc::new(RefCell::new(KeyCache::default()));
+    cache.borrow_mut().apply(&wire::Revocation { generation: 7, key_hashes: vec![] });
+    // First read: asked, and the answer is cached.
+    let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_1", &cache);
+    assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
+    host.grpc_body = wire::AuthorizeResponse { verdict: Some(allow(false, "")), key: Some(allowed_read_metadata(7)) }
+        .encode_to_vec();
+    flow.on_grpc_response(&mut host, 1, 0, 0);
+    assert_eq!(cache.borrow().len(), 1);
+    // Second read: decided here.
+    let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_2", &cache);
+    assert_eq!(flow.on_request_headers(&mut host, true), Step::Continue);
+    assert!(host.dispatched.is_empty());
+    assert_eq!(host.resumed_request, 0, "never held, so never resumed");
+    assert_eq!(host.request_header("authorization"), Some("Bearer sk_test_real"));
+    // Out of the key's scope, or a write: the control service decides (and records a refusal).
+    for (method, path) in [("GET", "/stripe/v1/refunds/re_1"), ("DELETE", "/stripe/v1/charges/ch_1")] {
+        let (mut flow, mut host) = setup_with_cache(method, path, &cache);
+        assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
+        assert_eq!(host.dispatched.len(), 1);
+    }
+    // A revocation pushed on the stream evicts the key at once.
+    cache.borrow_mut().apply(&wire::Revocation { generation: 8, key_hashes: vec![key().hash().to_vec()] });
+    let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_3", &cache);
+    assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
+    assert_eq!(host.dispatched.len(), 1);
+}
+
+#[test]
+fn an_expired_cached_key_goes_back_to_the_control_service() {
+    let cache = Rc::new(RefCell::new(KeyCache::default()));
+    cache.borrow_mut().apply(&wire::Revocation { generation: 1, key_hashes: vec![] });
+    let mut expired = allowed_read_metadata(1);
+    expired.expires_at = 1_795_689_999;
+    cache.borrow_mut().remember(key().hash(), expired);
+    let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_1", &cache);
+    assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
+    assert_eq!(host.dispatched.len(), 1);
 }

@@ -16,8 +16,9 @@ use crate::config::FilterConfig;
 use crate::flow::Flow;
 use crate::host::{Counter, Host, Rpc, Step, SERVICE};
 use crate::ids::CallIds;
+use crate::key_cache::KeyCache;
 use crate::outbox::Outbox;
-use crate::wire::CallRecordBatch;
+use crate::wire::{CallRecordBatch, Revocation, WatchRequest};
 
 #[allow(unsafe_code)] // `main!` exports `_initialize` with `#[no_mangle]`.
 mod entry {
@@ -64,6 +65,7 @@ fn metric_name(counter: Counter, reason: Option<&str>) -> String {
         Counter::Replayed => "keybrake.requests_replayed",
         Counter::CalloutFailed => "keybrake.callout_failures",
         Counter::AuditDropped => "keybrake.audit_records_dropped",
+        Counter::DecidedLocally => "keybrake.requests_decided_locally",
         Counter::OutboxQueued => "keybrake.outbox_queued",
         Counter::OutboxDelivered => "keybrake.outbox_delivered",
     };
@@ -80,8 +82,12 @@ struct Root {
     outbox: Rc<RefCell<Outbox>>,
     metrics: Rc<RefCell<Metrics>>,
     ids: Rc<RefCell<CallIds>>,
+    cache: Rc<RefCell<KeyCache>>,
     in_flight: Option<(u32, CallRecordBatch)>,
     reported_drops: u64,
+    /// The open revocation stream, and when the last attempt to open one was made.
+    watch: Option<u32>,
+    watch_tried_at: Option<u64>,
 }
 
 impl Root {
@@ -117,12 +123,71 @@ impl Root {
         }
     }
 
+    /// Opens the revocation stream if it is not open (at most once a second).
+    fn watch_revocations(&mut self) {
+        if self.watch.is_some() {
+            return;
+        }
+        let now = now_millis();
+        if self.watch_tried_at.is_some_and(|t| now.saturating_sub(t) < 1_000) {
+            return;
+        }
+        self.watch_tried_at = Some(now);
+        match hc::open_grpc_stream(&self.config.control_cluster, SERVICE, "WatchRevocations", vec![]) {
+            Ok(token) => {
+                self.watch = Some(token);
+                self.ack(token, 0);
+            }
+            Err(_) => {
+                let _ = hc::log(
+                    LogLevel::Warn,
+                    "keybrake: cannot open the revocation stream; reads go to the control service",
+                );
+            }
+        }
+    }
+
+    fn ack(&self, token: u32, generation: u64) {
+        let msg = WatchRequest { worker: String::new(), acked_generation: generation }.encode_to_vec();
+        let _ = hc::send_grpc_stream_message(token, Some(&msg), false);
+    }
+
     fn outbox_empty(&self) -> bool {
         self.outbox.try_borrow().map(|o| o.is_empty()).unwrap_or(false)
     }
 }
 
 impl Context for Root {
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        if self.watch != Some(token) {
+            return;
+        }
+        let bytes = hc::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten().unwrap_or_default();
+        let Ok(revocation) = Revocation::decode(bytes.as_slice()) else {
+            // Unreadable: stop trusting the cache until a new stream starts over.
+            if let Ok(mut cache) = self.cache.try_borrow_mut() {
+                cache.disconnect();
+            }
+            let _ = hc::cancel_grpc_stream(token);
+            self.watch = None;
+            return;
+        };
+        let acked = match self.cache.try_borrow_mut() {
+            Ok(mut cache) => cache.apply(&revocation),
+            Err(_) => return,
+        };
+        self.ack(token, acked);
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, _status: u32) {
+        if self.watch == Some(token) {
+            self.watch = None;
+            if let Ok(mut cache) = self.cache.try_borrow_mut() {
+                cache.disconnect();
+            }
+        }
+    }
+
     fn on_grpc_call_response(&mut self, token: u32, status: u32, _size: usize) {
         match self.in_flight.take() {
             Some((t, batch)) if t == token => {
@@ -195,11 +260,12 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.flush();
+        self.watch_revocations();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
-            flow: Flow::new(self.config.clone(), self.outbox.clone()),
+            flow: Flow::new(self.config.clone(), self.outbox.clone(), self.cache.clone()),
             host: EnvoyHost {
                 cluster: self.config.control_cluster.clone(),
                 metrics: self.metrics.clone(),
@@ -325,11 +391,7 @@ impl Host for EnvoyHost {
     }
 
     fn now_micros(&self) -> i64 {
-        hc::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_micros()).ok())
-            .unwrap_or(0)
+        now_micros()
     }
 
     fn log_warn(&self, message: &str) {
@@ -361,4 +423,16 @@ impl Host for EnvoyHost {
             }
         }
     }
+}
+
+fn now_micros() -> i64 {
+    hc::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_micros()).ok())
+        .unwrap_or(0)
+}
+
+fn now_millis() -> u64 {
+    u64::try_from(now_micros() / 1000).unwrap_or(0)
 }

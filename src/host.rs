@@ -37,6 +37,8 @@ pub enum Counter {
     Denied,
     Replayed,
     CalloutFailed,
+    /// A read decided from the worker's key cache, without asking the control service.
+    DecidedLocally,
     AuditDropped,
     /// Records and settlements put into the worker's outbox.
     OutboxQueued,

@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod flow;
 pub mod host;
 pub mod ids;
+pub mod key_cache;
 pub mod outbox;
 pub mod refusal;
 pub mod request;

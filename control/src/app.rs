@@ -14,6 +14,7 @@ use crate::denial::Denial;
 use crate::ids::new_id;
 use crate::metrics::Metrics;
 use crate::model::{AuditEntry, KeyRecord, KeyState};
+use crate::revocation::Revocations;
 use crate::secrets::Vault;
 use crate::store::{Ledger, Store, StoreResult};
 use crate::usd::FxTable;
@@ -37,6 +38,7 @@ impl Default for Limits {
 pub struct App {
     pub store: Store,
     pub metrics: Metrics,
+    pub revocations: Revocations,
     pub vault: Vault,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
@@ -45,7 +47,15 @@ pub struct App {
 
 impl App {
     pub fn new(store: Store, vault: Vault, clock: Arc<dyn Clock>, limits: Limits) -> App {
-        App { store, metrics: Metrics::new(), vault, clock, limits, fx: RwLock::new(Arc::new(HashMap::new())) }
+        App {
+            store,
+            metrics: Metrics::new(),
+            revocations: Revocations::new(new_id("replica"), 0),
+            vault,
+            clock,
+            limits,
+            fx: RwLock::new(Arc::new(HashMap::new())),
+        }
     }
 
     /// Reloads the FX table from storage.
@@ -89,6 +99,8 @@ impl App {
         let Ok(hash) = <[u8; 32]>::try_from(req.vault_key_hash.as_slice()) else {
             return self.refuse(context, None, Denial::BadRequest("vault key hash must be 32 bytes".into())).await;
         };
+        // Read before the key: a worker caches the answer only if it saw no later revocation.
+        let generation = self.revocations.generation();
         let key = match self.store.read(move |l| l.key_by_hash(&hash)).await {
             Ok(Some(key)) => key,
             Ok(None) => return self.refuse(context, None, Denial::KeyUnknown).await,
@@ -99,7 +111,8 @@ impl App {
         };
         context.key_id = key.id.clone();
         context.label = key.label.clone();
-        let metadata = metadata(&key);
+        let mut metadata = metadata(&key);
+        metadata.generation = u64::try_from(generation).unwrap_or(0);
         if let Err(denial) = check_key(&key, &req, now_us / 1_000_000) {
             return self.refuse(context, Some(metadata), denial).await;
         }
@@ -117,6 +130,8 @@ impl App {
                 call_id: chosen_call_id(&req.call_id),
                 settle: false,
             };
+            // The worker may decide the key's next reads itself (see revocation.rs).
+            metadata.upstream_authorization = allow.upstream_authorization.clone();
             return wire::AuthorizeResponse { verdict: Some(Verdict::Allow(allow)), key: Some(metadata) };
         }
         let plan = CallPlan {
@@ -186,7 +201,7 @@ impl App {
         entry.decision = "denied".into();
         entry.reason = denial.code().into();
         entry.outcome = "not_sent".into();
-        if let Err(e) = self.store.write(move |l| l.append_audit(&entry).map(|_| ())).await {
+        if let Err(e) = self.store.write_applied(move |l| l.append_audit(&entry).map(|_| ())).await {
             tracing::error!(error = %e, "could not record a denial");
         }
         deny(&denial, key)
@@ -196,7 +211,7 @@ impl App {
         let settlement = settlement_from_wire(s, self.clock.now_us());
         let settled = {
             let _timer = self.metrics.time_store("write");
-            self.store.write(move |l| settle_call(l, &settlement)).await
+            self.store.write_applied(move |l| settle_call(l, &settlement)).await
         };
         match settled {
             Ok(report) => {
@@ -234,7 +249,7 @@ impl App {
             .collect();
         let reports = self
             .store
-            .write(move |l| {
+            .write_applied(move |l| {
                 let mut reports = Vec::new();
                 for s in &settlements {
                     reports.extend(settle_call(l, s)?);

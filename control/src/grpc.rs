@@ -41,10 +41,38 @@ impl Gateway for GatewayService {
 
     type WatchRevocationsStream = Pin<Box<dyn Stream<Item = Result<Revocation, Status>> + Send>>;
 
+    /// One Envoy worker's revocation feed: a first message to start from, then
+    /// every revocation; the worker acks each on its side of the stream.
     async fn watch_revocations(
         &self,
-        _request: Request<Streaming<WatchRequest>>,
+        request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        Err(Status::unimplemented("revocation streams are not served by this version"))
+        let mut inbound = request.into_inner();
+        let app = self.app.clone();
+        let mut sub = app.revocations.subscribe();
+        let (out, rx) = tokio::sync::mpsc::channel::<Result<Revocation, Status>>(64);
+        let hello = Revocation { generation: u64::try_from(sub.generation).unwrap_or(0), key_hashes: Vec::new() };
+        out.send(Ok(hello)).await.map_err(|_| Status::cancelled("watcher gone"))?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    update = sub.updates.recv() => match update {
+                        Ok(r) => if out.send(Ok(r)).await.is_err() { break },
+                        // Missed revocations: the worker must start over with an empty cache.
+                        Err(_) => break,
+                    },
+                    ack = inbound.message() => match ack {
+                        Ok(Some(m)) => app.revocations.ack(sub.id, i64::try_from(m.acked_generation).unwrap_or(0)),
+                        _ => break,
+                    },
+                    _ = &mut sub.kicked => {
+                        tracing::warn!(watcher = sub.id, "a worker fell behind on revocations; disconnected it");
+                        break;
+                    }
+                }
+            }
+            app.revocations.unsubscribe(sub.id);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

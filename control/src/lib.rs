@@ -16,6 +16,7 @@ pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod model;
+pub mod revocation;
 pub mod secrets;
 pub mod serve;
 pub mod store;

@@ -260,7 +260,11 @@ pub struct AuditEntry {
 /// An audit entry as stored, with its place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRow {
+    /// Insertion order (the API's cursor).
     pub seq: i64,
+    /// Place in the hash chain; `None` until the chainer linked it (PostgreSQL).
+    pub chain_seq: Option<i64>,
+    /// Empty until chained.
     pub prev_hash: String,
     pub hash: String,
     pub entry: AuditEntry,

@@ -54,9 +54,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         secrets::from_env("KEYBRAKE_ADMIN_KEY")?.ok_or(secrets::SecretError::Missing("KEYBRAKE_ADMIN_KEY"))?;
     let vault = Vault::new(stripe_key, &admin_key)?;
 
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let db = args.data_dir.join("keybrake.db");
-    let store = Store::Sqlite(SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?);
+    let store = open_store(&args).await?;
     let limits =
         Limits { record_ttl_secs: args.idempotency_ttl_seconds.max(60), lease_secs: args.lease_seconds.max(1) };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -65,6 +63,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         load_fx_file(&app, path).await?;
     }
     app.refresh_fx().await?;
+    let latest = app.store.read(|l| l.latest_revocation()).await?;
+    app.revocations.fast_forward(latest);
 
     let grpc = TcpListener::bind(args.grpc_listen).await.with_context(|| format!("binding {}", args.grpc_listen))?;
     let http = TcpListener::bind(args.http_listen).await.with_context(|| format!("binding {}", args.http_listen))?;
@@ -74,6 +74,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("READY grpc={grpc_addr} http={http_addr}");
 
     tokio::spawn(sweep(app.clone(), Duration::from_millis(args.sweep_interval_ms.max(10))));
+    tokio::spawn(crate::revocation::relay(app.clone()));
+    if matches!(app.store, Store::Postgres(_)) {
+        tokio::spawn(chain_audit(app.clone()));
+    }
     let grpc_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(GatewayServer::new(GatewayService { app: app.clone() }))
@@ -138,6 +142,17 @@ async fn sweep(app: Arc<App>, every: Duration) {
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "sweep failed"),
+        }
+    }
+}
+
+/// Links new audit rows into the hash chain (PostgreSQL appends them unchained).
+async fn chain_audit(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if let Err(e) = crate::audit::chain_pending(&app.store).await {
+            tracing::warn!(error = %e, "audit chainer failed; will retry");
         }
     }
 }

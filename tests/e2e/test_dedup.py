@@ -266,3 +266,29 @@ def test_batched_records_are_not_lost_when_envoy_stops_cleanly(fresh_stack):
     assert s.audit(key_id=key["id"]) == [], "still queued in the filter (flushes every 2 s)"
     assert s.stop_envoy_cleanly()
     assert len(s.audit_direct(key_id=key["id"])) == 20
+
+
+def test_reads_are_decided_by_each_worker_and_revocation_still_stops_the_next_one(stack):
+    """Workers cache keys for reads; a revocation is pushed to every worker and
+    acknowledged before the admin call returns, so the next read is refused."""
+    key = stack.issue_key(label="cached-reads", allowed_endpoints=["GET /v1/charges/*"])
+    before = _local_decisions(stack)
+    for i in range(20):  # fresh connections spread over both workers
+        r = httpx.get(f"{stack.url}/stripe/v1/charges/ch_{i}", headers={"Authorization": f"Bearer {key['vault_key']}"})
+        assert r.status_code == 404  # forwarded: the stand-in has no such charge
+    assert _local_decisions(stack) > before, "reads were decided from the workers' caches"
+    seen_upstream = len(stack.upstream_requests(method="GET"))
+    revoked = stack.admin("DELETE", f"/admin/vault_keys/{key['id']}")
+    assert revoked.json()["state"] == "revoked"
+    for i in range(20):
+        r = httpx.get(f"{stack.url}/stripe/v1/charges/ch_{i}", headers={"Authorization": f"Bearer {key['vault_key']}"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "vault_key_revoked"
+    assert len(stack.upstream_requests(method="GET")) == seen_upstream
+    rows = stack.wait_audit(lambda rows: len([r for r in rows if r["decision"] == "allowed"]) == 20, key_id=key["id"])
+    assert all(r["upstream_status"] == 404 for r in rows if r["decision"] == "allowed"), "cached reads are audited too"
+
+
+def _local_decisions(stack: Stack) -> int:
+    import re
+    m = re.search(r"^wasmcustom\.keybrake\.requests_decided_locally: (\d+)$", stack.envoy_stats(), re.M)
+    return int(m.group(1)) if m else 0

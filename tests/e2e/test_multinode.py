@@ -114,3 +114,17 @@ def test_a_replica_killed_mid_run_loses_nothing(cluster):
     assert round(shown["spent_today_usd"] * 100) <= upstream, "nothing counted that the upstream did not see"
     assert codes.count(200) * 1000 <= upstream
     assert cluster.admin("GET", "/admin/audit/verify").json()["ok"]
+
+
+def test_a_revocation_on_one_replica_stops_cached_reads_at_every_envoy(cluster):
+    key = cluster.issue_key(label="multi-revoke", allowed_endpoints=["GET /v1/charges/*"])
+    for i in range(16):
+        for envoy in (0, 1):
+            r = httpx.get(f"{cluster.url(envoy)}/stripe/v1/charges/ch_{i}", headers={"Authorization": f"Bearer {key['vault_key']}"})
+            assert r.status_code == 404
+    revoked = cluster.admin("POST", "/admin/vault_keys/revoke", {"label_prefix": "multi-revoke"}).json()
+    assert revoked["revoked"] == 1 and revoked["propagated"] is True
+    for i in range(16):
+        for envoy in (0, 1):
+            r = httpx.get(f"{cluster.url(envoy)}/stripe/v1/charges/ch_{i}", headers={"Authorization": f"Bearer {key['vault_key']}"})
+            assert r.status_code == 401, (envoy, r.text)

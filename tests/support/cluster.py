@@ -61,6 +61,8 @@ class Cluster:
                                 stderr=open(self.workdir / f"control{i}.log", "a"), text=True)
         read_ready_line(proc, "READY")
         self.procs[f"control{i}"] = proc
+        ready = httpx.get(f"http://127.0.0.1:{self.http_ports[i]}/readyz", timeout=10).json()
+        assert ready["storage"] == "postgres", ready
 
     def start_envoy(self, i: int) -> None:
         self.listen_ports.append(free_port())

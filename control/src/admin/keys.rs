@@ -157,14 +157,44 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, AdminError> {
     require_admin(&p)?;
-    let now = app.clock.now_us() / 1_000_000;
-    let selector = RevokeSelector::Id(id.clone());
-    let revoked = app.store.write(move |l| l.revoke_keys(&selector, now)).await?;
-    if !revoked.is_empty() {
-        tracing::info!(key_id = %id, "vault key revoked");
+    let revoked = revoke_and_propagate(&app, RevokeSelector::Id(id.clone())).await?;
+    if !revoked.ids.is_empty() {
+        tracing::info!(key_id = %id, propagated = revoked.propagated, "vault key revoked");
     }
     Ok(Json(one(&app, id).await?))
 }
+
+/// Revokes in the store, then waits until every Envoy worker's cache has
+/// dropped the keys (bounded; `propagated` says whether it got there).
+async fn revoke_and_propagate(app: &App, selector: RevokeSelector) -> Result<Revoked, AdminError> {
+    let now_us = app.clock.now_us();
+    let (revoked, generation) = app
+        .store
+        .write(move |l| {
+            let revoked = l.revoke_keys(&selector, now_us / 1_000_000)?;
+            let hashes: Vec<[u8; 32]> = revoked.iter().map(|(_, h)| *h).collect();
+            let generation = if hashes.is_empty() { 0 } else { l.record_revocation(&hashes, now_us / 1_000_000)? };
+            Ok((revoked, generation))
+        })
+        .await?;
+    let propagated = if generation == 0 {
+        true
+    } else {
+        crate::revocation::wait_propagated(&app.store, &app.revocations, generation, now_us / 1000, PROPAGATION_TIMEOUT)
+            .await?
+    };
+    if !propagated {
+        tracing::warn!(
+            generation,
+            "revocation not acknowledged by every worker in time (their caches drop on disconnect)"
+        );
+    }
+    let ids: Vec<String> = revoked.into_iter().map(|(id, _)| id).collect();
+    Ok(Revoked { revoked: ids.len(), ids, propagated })
+}
+
+/// How long a revoke waits for every worker to drop the keys from its cache.
+const PROPAGATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Which keys to revoke.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -180,6 +210,8 @@ pub struct RevokePrefix {
 pub struct Revoked {
     revoked: usize,
     ids: Vec<String>,
+    /// Every Envoy worker acknowledged dropping the keys from its cache.
+    propagated: bool,
 }
 
 #[utoipa::path(post, path = "/admin/vault_keys/revoke", tag = "vault keys", request_body = RevokePrefix,
@@ -200,11 +232,9 @@ pub async fn revoke_prefix(
     if label_prefix.is_empty() {
         return Err(AdminError::invalid("label_prefix", "label_prefix must not be empty"));
     }
-    let now = app.clock.now_us() / 1_000_000;
-    let selector = RevokeSelector::LabelPrefix(label_prefix.clone());
-    let ids = app.store.write(move |l| l.revoke_keys(&selector, now)).await?;
-    tracing::info!(label_prefix = %label_prefix, count = ids.len(), "vault keys revoked by prefix");
-    Ok(Json(Revoked { revoked: ids.len(), ids }))
+    let revoked = revoke_and_propagate(&app, RevokeSelector::LabelPrefix(label_prefix.clone())).await?;
+    tracing::info!(label_prefix = %label_prefix, count = revoked.revoked, propagated = revoked.propagated, "vault keys revoked by prefix");
+    Ok(Json(revoked))
 }
 
 /// One key's spend today.

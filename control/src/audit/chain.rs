@@ -29,25 +29,27 @@ pub struct Break {
     pub reason: &'static str,
 }
 
-/// Checks `rows` (consecutive, in order) continuing a chain whose last verified
-/// row is (`prev_seq`, `prev_hash`).
-pub fn verify_rows(prev_seq: i64, prev_hash: &str, rows: &[AuditRow]) -> Result<(i64, String), Break> {
-    let mut seq = prev_seq;
+/// Checks `rows` (consecutive chain positions, in order) continuing a chain
+/// whose last verified row is at `prev_pos` with hash `prev_hash`. A break is
+/// reported by the row's `seq` (the id the API shows).
+pub fn verify_rows(prev_pos: i64, prev_hash: &str, rows: &[AuditRow]) -> Result<(i64, String), Break> {
+    let mut pos = prev_pos;
     let mut hash = prev_hash.to_owned();
     for row in rows {
-        if row.seq != seq + 1 {
+        let here = row.chain_seq.unwrap_or(-1);
+        if here != pos + 1 {
             return Err(Break { seq: row.seq, reason: "a row is missing before this one" });
         }
         if row.prev_hash != hash {
             return Err(Break { seq: row.seq, reason: "prev_hash does not match the previous row" });
         }
-        if link(&row.prev_hash, row.seq, &row.entry) != row.hash {
+        if link(&row.prev_hash, here, &row.entry) != row.hash {
             return Err(Break { seq: row.seq, reason: "the row's content does not match its hash" });
         }
-        seq = row.seq;
+        pos = here;
         hash = row.hash.clone();
     }
-    Ok((seq, hash))
+    Ok((pos, hash))
 }
 
 #[cfg(test)]
@@ -60,7 +62,7 @@ mod tests {
             .map(|seq| {
                 let entry = AuditEntry { call_id: format!("c{seq}"), usd_micros: Some(seq * 10), ..Default::default() };
                 let hash = link(&prev, seq, &entry);
-                let row = AuditRow { seq, prev_hash: prev.clone(), hash: hash.clone(), entry };
+                let row = AuditRow { seq, chain_seq: Some(seq), prev_hash: prev.clone(), hash: hash.clone(), entry };
                 prev = hash;
                 row
             })

@@ -11,7 +11,6 @@ use std::future::Future;
 
 use futures_util::future::Either;
 
-use crate::audit::chain;
 use crate::model::{
     AuditEntry, AuditRow, Bucket, CallRow, CallState, FxRate, IdemRecord, KeyRecord, ObjectAmount, Spend,
 };
@@ -72,8 +71,18 @@ pub trait Ledger {
     fn key_by_hash(&mut self, hash: &[u8; 32]) -> StoreResult<Option<KeyRecord>>;
     fn key_by_id(&mut self, id: &str) -> StoreResult<Option<KeyRecord>>;
     fn list_keys(&mut self, query: &KeyQuery) -> StoreResult<Vec<KeyRecord>>;
-    /// Revokes the selected active keys; returns the ids revoked now.
-    fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<String>>;
+    /// Revokes the selected active keys; returns the (id, key hash) of each revoked now.
+    fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<(String, [u8; 32])>>;
+    /// Appends a revocation for the workers' key caches; returns its generation.
+    fn record_revocation(&mut self, hashes: &[[u8; 32]], at: i64) -> StoreResult<i64>;
+    /// The newest revocation's generation (0 when none).
+    fn latest_revocation(&mut self) -> StoreResult<i64>;
+    /// Revocations after `generation`, oldest first.
+    fn revocations_after(&mut self, generation: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<[u8; 32]>)>>;
+    /// Records that every watcher of `replica` applied revocations up to `acked`.
+    fn heartbeat(&mut self, replica: &str, acked: i64, now_ms: i64) -> StoreResult<()>;
+    /// Replicas heard from since `since_ms`, with the generation each acked.
+    fn live_replicas(&mut self, since_ms: i64) -> StoreResult<Vec<(String, i64)>>;
 
     fn spend(&mut self, key_id: &str, day: i64) -> StoreResult<Spend>;
     fn spend_by_key(&mut self, day: i64) -> StoreResult<Vec<(String, Spend)>>;
@@ -104,24 +113,44 @@ pub trait Ledger {
     fn fx_rates(&mut self) -> StoreResult<Vec<FxRate>>;
     fn put_fx_rate(&mut self, rate: &FxRate, at: i64) -> StoreResult<()>;
 
-    /// The last row of the audit chain as (seq, hash); `(0, GENESIS)` when empty.
-    /// Backends shared by several writers lock the head here.
-    fn audit_head(&mut self) -> StoreResult<(i64, String)>;
-    fn insert_audit(&mut self, row: &AuditRow) -> StoreResult<()>;
+    /// Appends an entry to the audit log, in the caller's transaction.
+    /// SQLite links it into the hash chain at once; PostgreSQL leaves that to
+    /// [`Ledger::chain_audit`], so that replicas do not queue on one lock.
+    fn append_audit(&mut self, entry: &AuditEntry) -> StoreResult<()>;
+    /// Links up to `limit` unchained rows into the hash chain, in insertion
+    /// order; returns how many. A no-op where rows are chained as inserted.
+    fn chain_audit(&mut self, limit: usize) -> StoreResult<usize> {
+        let _ = limit;
+        Ok(0)
+    }
+    /// Rows not yet chained.
+    fn unchained_audit_rows(&mut self) -> StoreResult<i64> {
+        Ok(0)
+    }
     fn query_audit(&mut self, query: &AuditQuery) -> StoreResult<Vec<AuditRow>>;
-    /// Rows in chain order after `after_seq`.
-    fn audit_rows(&mut self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>>;
+    /// Chained rows in chain order after chain position `after`.
+    fn audit_rows(&mut self, after: i64, limit: usize) -> StoreResult<Vec<AuditRow>>;
 
     fn ping(&mut self) -> StoreResult<()>;
+}
 
-    /// Appends an entry to the hash chain.
-    fn append_audit(&mut self, entry: &AuditEntry) -> StoreResult<AuditRow> {
-        let (seq, prev) = self.audit_head()?;
-        let seq = seq + 1;
-        let row = AuditRow { seq, hash: chain::link(&prev, seq, entry), prev_hash: prev, entry: entry.clone() };
-        self.insert_audit(&row)?;
-        Ok(row)
-    }
+/// Hex list of key hashes, as the revocations table stores them.
+pub fn hashes_to_text(hashes: &[[u8; 32]]) -> String {
+    hashes.iter().map(|h| keybrake_core::fingerprint::to_hex(h)).collect::<Vec<_>>().join(",")
+}
+
+/// The inverse of [`hashes_to_text`].
+pub fn hashes_from_text(text: &str) -> StoreResult<Vec<[u8; 32]>> {
+    text.split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let bytes: Option<Vec<u8>> =
+                (0..h.len()).step_by(2).map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect();
+            bytes
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| StoreError::Corrupt("revocations.key_hashes".into()))
+        })
+        .collect()
 }
 
 /// The configured backend.
@@ -138,9 +167,29 @@ impl Store {
         F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.write_with(true, f)
+    }
+
+    /// Like [`Store::write`], but returns once the change is committed and
+    /// visible, before it is flushed to disk. For settlements and audit
+    /// records only: if a machine crash loses one, the call stays pending, its
+    /// lease runs out and it is counted as uncertain — never less than it was.
+    pub fn write_applied<T, F>(&self, f: F) -> impl Future<Output = StoreResult<T>> + Send + 'static
+    where
+        F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_with(false, f)
+    }
+
+    fn write_with<T, F>(&self, durable: bool, f: F) -> impl Future<Output = StoreResult<T>> + Send + 'static
+    where
+        F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
         match self {
-            Store::Sqlite(s) => Either::Left(s.write(f)),
-            Store::Postgres(p) => Either::Right(p.write(f)),
+            Store::Sqlite(s) => Either::Left(s.write(durable, f)),
+            Store::Postgres(p) => Either::Right(p.write(durable, f)),
         }
     }
 

@@ -12,7 +12,8 @@ use postgres::error::SqlState;
 use postgres::{GenericClient, NoTls, Row};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{AuditQuery, KeyQuery, Ledger, RevokeSelector, StoreError, StoreResult};
+use super::{hashes_from_text, hashes_to_text, AuditQuery, KeyQuery, Ledger, RevokeSelector, StoreError, StoreResult};
+use crate::audit::chain;
 use crate::model::{
     AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState, KeyRecord,
     ObjectAmount, Spend, StoredResponse,
@@ -28,6 +29,8 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 const MAX_ATTEMPTS: u32 = 20;
 /// Serialises schema migrations of replicas starting together.
 const MIGRATION_LOCK: i64 = 0x6b65_7962_7261_6b65;
+/// Makes one replica at a time the audit chainer.
+const CHAIN_LOCK: i64 = 0x6b65_7962_6368_6169;
 
 pub struct PgStore {
     /// Always `Some` until dropped.
@@ -83,7 +86,9 @@ impl PgStore {
         self.pool.clone().ok_or_else(|| StoreError::Unavailable("the PostgreSQL store is closed".into()))
     }
 
-    pub fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
+    /// Runs `f` in a transaction, again from the start if it loses a race.
+    /// `durable: false` commits without waiting for the WAL flush.
+    pub fn write<T, F>(&self, durable: bool, f: F) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
     where
         F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
@@ -97,6 +102,9 @@ impl PgStore {
                 loop {
                     attempt += 1;
                     let mut tx = conn.transaction().map_err(pg)?;
+                    if !durable {
+                        tx.batch_execute("SET LOCAL synchronous_commit TO OFF").map_err(pg)?;
+                    }
                     let result = f(&mut PgLedger { c: &mut tx });
                     let outcome = match result {
                         Ok(v) => tx.commit().map(|()| v).map_err(pg),
@@ -237,12 +245,15 @@ fn idem_from_row(row: &Row) -> StoreResult<IdemRecord> {
     })
 }
 
+const AUDIT_COLUMNS: &str = "seq, chain_seq, prev_hash, hash, entry";
+
 fn audit_from_row(row: &Row) -> StoreResult<AuditRow> {
-    let entry: String = row.try_get(3).map_err(pg)?;
+    let entry: String = row.try_get(4).map_err(pg)?;
     Ok(AuditRow {
         seq: row.try_get(0).map_err(pg)?,
-        prev_hash: row.try_get(1).map_err(pg)?,
-        hash: row.try_get(2).map_err(pg)?,
+        chain_seq: row.try_get(1).map_err(pg)?,
+        prev_hash: row.try_get::<_, Option<String>>(2).map_err(pg)?.unwrap_or_default(),
+        hash: row.try_get::<_, Option<String>>(3).map_err(pg)?.unwrap_or_default(),
         entry: serde_json::from_str::<AuditEntry>(&entry).map_err(|_| corrupt("audit_log.entry"))?,
     })
 }
@@ -316,16 +327,77 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
         rows.iter().map(key_from_row).collect()
     }
 
-    fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<String>> {
+    fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<(String, [u8; 32])>> {
         let (sql, arg) = match selector {
-            RevokeSelector::Id(id) => ("UPDATE vault_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING id", id),
+            RevokeSelector::Id(id) => (
+                "UPDATE vault_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING id, key_hash",
+                id,
+            ),
             RevokeSelector::LabelPrefix(p) => (
-                "UPDATE vault_keys SET revoked_at = $2 WHERE starts_with(label, $1) AND revoked_at IS NULL RETURNING id",
+                "UPDATE vault_keys SET revoked_at = $2 WHERE starts_with(label, $1) AND revoked_at IS NULL \
+                 RETURNING id, key_hash",
                 p,
             ),
         };
         let rows = self.c.query(sql, &[arg, &at]).map_err(pg)?;
-        rows.iter().map(|r| r.try_get(0).map_err(pg)).collect()
+        rows.iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.try_get(1).map_err(pg)?;
+                Ok((r.try_get(0).map_err(pg)?, hash.try_into().map_err(|_| corrupt("key_hash"))?))
+            })
+            .collect()
+    }
+
+    fn record_revocation(&mut self, hashes: &[[u8; 32]], at: i64) -> StoreResult<i64> {
+        let row = self
+            .c
+            .query_one(
+                "INSERT INTO revocations (key_hashes, at) VALUES ($1, $2) RETURNING generation",
+                &[&hashes_to_text(hashes), &at],
+            )
+            .map_err(pg)?;
+        row.try_get(0).map_err(pg)
+    }
+
+    fn latest_revocation(&mut self) -> StoreResult<i64> {
+        let row = self.c.query_one("SELECT COALESCE(MAX(generation), 0) FROM revocations", &[]).map_err(pg)?;
+        row.try_get(0).map_err(pg)
+    }
+
+    fn revocations_after(&mut self, generation: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<[u8; 32]>)>> {
+        let rows = self
+            .c
+            .query(
+                "SELECT generation, key_hashes FROM revocations WHERE generation > $1 ORDER BY generation LIMIT $2",
+                &[&generation, &(limit as i64)],
+            )
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get(1).map_err(pg)?;
+                Ok((r.try_get(0).map_err(pg)?, hashes_from_text(&text)?))
+            })
+            .collect()
+    }
+
+    fn heartbeat(&mut self, replica: &str, acked: i64, now_ms: i64) -> StoreResult<()> {
+        self.c
+            .execute(
+                "INSERT INTO replicas (replica_id, acked_generation, heartbeat_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (replica_id) DO UPDATE SET acked_generation = excluded.acked_generation, \
+                 heartbeat_at = excluded.heartbeat_at",
+                &[&replica, &acked, &now_ms],
+            )
+            .map(|_| ())
+            .map_err(pg)
+    }
+
+    fn live_replicas(&mut self, since_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        let rows = self
+            .c
+            .query("SELECT replica_id, acked_generation FROM replicas WHERE heartbeat_at >= $1", &[&since_ms])
+            .map_err(pg)?;
+        rows.iter().map(|r| Ok((r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?))).collect()
     }
 
     fn spend(&mut self, key_id: &str, day: i64) -> StoreResult<Spend> {
@@ -591,22 +663,13 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
             .map_err(pg)
     }
 
-    fn audit_head(&mut self) -> StoreResult<(i64, String)> {
-        // The row lock orders appends from every replica into one chain.
-        let row = self.c.query_one("SELECT seq, hash FROM audit_head FOR UPDATE", &[]).map_err(pg)?;
-        Ok((row.try_get(0).map_err(pg)?, row.try_get(1).map_err(pg)?))
-    }
-
-    fn insert_audit(&mut self, row: &AuditRow) -> StoreResult<()> {
-        let e = &row.entry;
+    fn append_audit(&mut self, e: &AuditEntry) -> StoreResult<()> {
+        // Unchained: no lock shared by every transaction; `chain_audit` links it shortly.
         self.c
             .execute(
-                "INSERT INTO audit_log (seq, prev_hash, hash, at_us, call_id, key_id, label, decision, idempotency_key, \
-                 forwarded_idempotency_key, fingerprint, object_id, entry) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
+                "INSERT INTO audit_log (at_us, call_id, key_id, label, decision, idempotency_key, \
+                 forwarded_idempotency_key, fingerprint, object_id, entry) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
                 &[
-                    &row.seq,
-                    &row.prev_hash,
-                    &row.hash,
                     &e.at_us,
                     &e.call_id,
                     &e.key_id,
@@ -619,15 +682,52 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
                     &to_json(e)?,
                 ],
             )
+            .map(|_| ())
+            .map_err(pg)
+    }
+
+    fn chain_audit(&mut self, limit: usize) -> StoreResult<usize> {
+        // One chainer at a time across replicas; the others skip this round.
+        let row = self.c.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&CHAIN_LOCK]).map_err(pg)?;
+        if !row.try_get::<_, bool>(0).map_err(pg)? {
+            return Ok(0);
+        }
+        let head = self.c.query_one("SELECT seq, hash FROM audit_head FOR UPDATE", &[]).map_err(pg)?;
+        let (mut pos, mut prev): (i64, String) = (head.try_get(0).map_err(pg)?, head.try_get(1).map_err(pg)?);
+        let rows = self
+            .c
+            .query("SELECT seq, entry FROM audit_log WHERE chain_seq IS NULL ORDER BY seq LIMIT $1", &[&(limit as i64)])
             .map_err(pg)?;
-        self.c.execute("UPDATE audit_head SET seq = $1, hash = $2", &[&row.seq, &row.hash]).map(|_| ()).map_err(pg)
+        for row in &rows {
+            let seq: i64 = row.try_get(0).map_err(pg)?;
+            let text: String = row.try_get(1).map_err(pg)?;
+            let entry: AuditEntry = serde_json::from_str(&text).map_err(|_| corrupt("audit_log.entry"))?;
+            pos += 1;
+            let hash = chain::link(&prev, pos, &entry);
+            self.c
+                .execute(
+                    "UPDATE audit_log SET chain_seq = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
+                    &[&pos, &prev, &hash, &seq],
+                )
+                .map_err(pg)?;
+            prev = hash;
+        }
+        if !rows.is_empty() {
+            self.c.execute("UPDATE audit_head SET seq = $1, hash = $2", &[&pos, &prev]).map_err(pg)?;
+        }
+        Ok(rows.len())
+    }
+
+    fn unchained_audit_rows(&mut self) -> StoreResult<i64> {
+        let row = self.c.query_one("SELECT COUNT(*) FROM audit_log WHERE chain_seq IS NULL", &[]).map_err(pg)?;
+        row.try_get(0).map_err(pg)
     }
 
     fn query_audit(&mut self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
         let order = if q.ascending { "ASC" } else { "DESC" };
         let cursor_cmp = if q.ascending { ">" } else { "<" };
         let sql = format!(
-            "SELECT seq, prev_hash, hash, entry FROM audit_log WHERE \
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE \
              ($1::text IS NULL OR key_id = $1) AND ($2::text IS NULL OR starts_with(label, $2)) \
              AND ($3::text IS NULL OR idempotency_key = $3 OR forwarded_idempotency_key = $3) \
              AND ($4::text IS NULL OR fingerprint = $4) AND ($5::text IS NULL OR object_id = $5) \
@@ -657,12 +757,12 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
         rows.iter().map(audit_from_row).collect()
     }
 
-    fn audit_rows(&mut self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
+    fn audit_rows(&mut self, after: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
         let rows = self
             .c
             .query(
-                "SELECT seq, prev_hash, hash, entry FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-                &[&after_seq, &(limit as i64)],
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2"),
+                &[&after, &(limit as i64)],
             )
             .map_err(pg)?;
         rows.iter().map(audit_from_row).collect()

@@ -11,8 +11,8 @@ use std::thread;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
-use super::{AuditQuery, KeyQuery, Ledger, RevokeSelector, StoreError, StoreResult};
-use crate::audit::chain::GENESIS;
+use super::{hashes_from_text, hashes_to_text, AuditQuery, KeyQuery, Ledger, RevokeSelector, StoreError, StoreResult};
+use crate::audit::chain::{self, GENESIS};
 use crate::model::{
     AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState, KeyRecord,
     ObjectAmount, Spend, StoredResponse,
@@ -28,6 +28,8 @@ const READERS: usize = 4;
 
 /// A unit of work for the writer thread.
 trait WriteJob: Send {
+    /// Whether the caller waits for an fsync (else for a commit not yet flushed).
+    fn durable(&self) -> bool;
     /// Runs the work; false when it failed (its savepoint is rolled back).
     fn run(&mut self, ledger: &mut dyn Ledger) -> bool;
     fn fail(&mut self, error: StoreError);
@@ -36,6 +38,7 @@ trait WriteJob: Send {
 }
 
 struct TypedJob<T, F> {
+    durable: bool,
     work: Option<F>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
@@ -46,6 +49,10 @@ where
     F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send,
     T: Send,
 {
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
     fn run(&mut self, ledger: &mut dyn Ledger) -> bool {
         let Some(work) = self.work.take() else {
             return false;
@@ -138,13 +145,15 @@ impl SqliteStore {
         })
     }
 
-    pub fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
+    /// Runs `f` in the next group; `durable` callers hear back after its
+    /// fsync, the others after a commit that is not yet flushed to disk.
+    pub fn write<T, F>(&self, durable: bool, f: F) -> impl std::future::Future<Output = StoreResult<T>> + Send + 'static
     where
         F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let sent = self.writer.send(Box::new(TypedJob { work: Some(f), result: None, reply }));
+        let sent = self.writer.send(Box::new(TypedJob { durable, work: Some(f), result: None, reply }));
         async move {
             sent.map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?;
             rx.await.map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?
@@ -160,7 +169,7 @@ impl SqliteStore {
         async move {
             tokio::task::spawn_blocking(move || {
                 let conn = readers.take()?;
-                let result = f(&mut SqliteLedger { conn: &conn });
+                let result = f(&mut SqliteLedger { conn: &conn, head: &mut None });
                 readers.give_back(conn);
                 result
             })
@@ -171,6 +180,9 @@ impl SqliteStore {
 }
 
 fn run_writer(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+    // The audit chain's head, kept here so an append costs no query; restored
+    // when a job rolls back, forgotten when a commit fails.
+    let mut head: Option<(i64, String)> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -179,40 +191,64 @@ fn run_writer(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let e = unavailable(e);
-            for job in jobs {
-                job.finish(Err(StoreError::Unavailable(e.to_string())));
-            }
+        // Jobs in one group never depend on each other across the two kinds: a
+        // settlement is only sent after its authorisation's group committed.
+        let (durable, applied): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.durable());
+        if !applied.is_empty() {
+            // Appended to the WAL without an fsync: visible to readers now,
+            // on disk with the next durable commit.
+            commit_group(&conn, "PRAGMA synchronous=NORMAL", applied, &mut head);
+        }
+        if !durable.is_empty() {
+            commit_group(&conn, "PRAGMA synchronous=FULL", durable, &mut head);
+        }
+    }
+}
+
+/// Runs `jobs` in one transaction (each in its own savepoint), commits, replies.
+fn commit_group(conn: &Connection, sync: &str, jobs: Vec<Box<dyn WriteJob>>, head: &mut Option<(i64, String)>) {
+    if let Err(e) = conn.execute_batch(sync).and_then(|()| conn.execute_batch("BEGIN IMMEDIATE")) {
+        let e = unavailable(e);
+        for job in jobs {
+            job.finish(Err(StoreError::Unavailable(e.to_string())));
+        }
+        return;
+    }
+    let mut jobs = jobs;
+    for job in jobs.iter_mut() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            job.fail(unavailable(e));
             continue;
         }
-        for job in jobs.iter_mut() {
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-                job.fail(unavailable(e));
-                continue;
-            }
-            let ok = job.run(&mut SqliteLedger { conn: &conn });
-            let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-            if let Err(e) = conn.execute_batch(end) {
-                job.fail(unavailable(e));
-            }
+        let head_before = head.clone();
+        let ok = job.run(&mut SqliteLedger { conn, head });
+        if !ok {
+            *head = head_before;
         }
-        let commit = conn.execute_batch("COMMIT").map_err(unavailable);
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+        if let Err(e) = conn.execute_batch(end) {
+            job.fail(unavailable(e));
+            *head = None;
         }
-        for job in jobs {
-            let c = match &commit {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Unavailable(e.to_string())),
-            };
-            job.finish(c);
-        }
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(unavailable);
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+        *head = None;
+    }
+    for job in jobs {
+        let c = match &commit {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        };
+        job.finish(c);
     }
 }
 
 struct SqliteLedger<'c> {
     conn: &'c Connection,
+    /// The writer's cached audit head (readers pass their own empty one).
+    head: &'c mut Option<(i64, String)>,
 }
 
 const KEY_COLUMNS: &str = "id, key_hash, label, vendor, allowed_endpoints, allowed_accounts, daily_cap_micros, \
@@ -315,15 +351,35 @@ fn idem_from_row(row: &Row<'_>) -> rusqlite::Result<IdemRecord> {
     })
 }
 
+const AUDIT_COLUMNS: &str = "seq, chain_seq, prev_hash, hash, entry";
+
 fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<AuditRow> {
-    let entry: String = row.get(3)?;
+    let entry: String = row.get(4)?;
     Ok(AuditRow {
         seq: row.get(0)?,
-        prev_hash: row.get(1)?,
-        hash: row.get(2)?,
+        chain_seq: row.get(1)?,
+        prev_hash: row.get(2)?,
+        hash: row.get(3)?,
         entry: serde_json::from_str::<AuditEntry>(&entry)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?,
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e)))?,
     })
+}
+
+impl SqliteLedger<'_> {
+    /// The last chained row as (position, hash), from the writer's cache when it has one.
+    fn audit_head(&mut self) -> StoreResult<(i64, String)> {
+        if let Some(head) = self.head.as_ref() {
+            return Ok(head.clone());
+        }
+        let head = self
+            .conn
+            .prepare_cached("SELECT chain_seq, hash FROM audit_log ORDER BY chain_seq DESC LIMIT 1")
+            .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map(|head| head.unwrap_or((0, GENESIS.to_owned())))
+            .map_err(sql_error)?;
+        *self.head = Some(head.clone());
+        Ok(head)
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
@@ -387,17 +443,74 @@ impl Ledger for SqliteLedger<'_> {
             .map_err(sql_error)
     }
 
-    fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<String>> {
+    fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<(String, [u8; 32])>> {
         let (sql, arg) = match selector {
-            RevokeSelector::Id(id) => ("UPDATE vault_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL RETURNING id", id),
+            RevokeSelector::Id(id) => (
+                "UPDATE vault_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL RETURNING id, key_hash",
+                id,
+            ),
             RevokeSelector::LabelPrefix(p) => (
-                "UPDATE vault_keys SET revoked_at = ?2 WHERE substr(label, 1, length(?1)) = ?1 AND revoked_at IS NULL RETURNING id",
+                "UPDATE vault_keys SET revoked_at = ?2 WHERE substr(label, 1, length(?1)) = ?1 AND revoked_at IS NULL \
+                 RETURNING id, key_hash",
                 p,
             ),
         };
-        self.conn
+        let rows = self
+            .conn
             .prepare_cached(sql)
-            .and_then(|mut s| s.query_map(params![arg, at], |r| r.get(0))?.collect::<Result<Vec<String>, _>>())
+            .and_then(|mut s| {
+                s.query_map(params![arg, at], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql_error)?;
+        rows.into_iter()
+            .map(|(id, h)| Ok((id, h.try_into().map_err(|_| StoreError::Corrupt("key_hash".into()))?)))
+            .collect()
+    }
+
+    fn record_revocation(&mut self, hashes: &[[u8; 32]], at: i64) -> StoreResult<i64> {
+        self.conn
+            .prepare_cached("INSERT INTO revocations (key_hashes, at) VALUES (?1, ?2) RETURNING generation")
+            .and_then(|mut s| s.query_row(params![hashes_to_text(hashes), at], |r| r.get(0)))
+            .map_err(sql_error)
+    }
+
+    fn latest_revocation(&mut self) -> StoreResult<i64> {
+        self.conn.query_row("SELECT COALESCE(MAX(generation), 0) FROM revocations", [], |r| r.get(0)).map_err(sql_error)
+    }
+
+    fn revocations_after(&mut self, generation: i64, limit: usize) -> StoreResult<Vec<(i64, Vec<[u8; 32]>)>> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT generation, key_hashes FROM revocations WHERE generation > ?1 ORDER BY generation LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![generation, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql_error)?;
+        rows.into_iter().map(|(g, text)| Ok((g, hashes_from_text(&text)?))).collect()
+    }
+
+    fn heartbeat(&mut self, replica: &str, acked: i64, now_ms: i64) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO replicas (replica_id, acked_generation, heartbeat_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (replica_id) DO UPDATE SET acked_generation = excluded.acked_generation, \
+                 heartbeat_at = excluded.heartbeat_at",
+            )
+            .and_then(|mut s| s.execute(params![replica, acked, now_ms]))
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn live_replicas(&mut self, since_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        self.conn
+            .prepare_cached("SELECT replica_id, acked_generation FROM replicas WHERE heartbeat_at >= ?1")
+            .and_then(|mut s| {
+                s.query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()
+            })
             .map_err(sql_error)
     }
 
@@ -644,27 +757,23 @@ impl Ledger for SqliteLedger<'_> {
             .map_err(sql_error)
     }
 
-    fn audit_head(&mut self) -> StoreResult<(i64, String)> {
-        self.conn
-            .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-            .map(|head| head.unwrap_or((0, GENESIS.to_owned())))
-            .map_err(sql_error)
-    }
-
-    fn insert_audit(&mut self, row: &AuditRow) -> StoreResult<()> {
-        let e = &row.entry;
+    fn append_audit(&mut self, e: &AuditEntry) -> StoreResult<()> {
+        // One writer: the row is chained as it is inserted.
+        let (pos, prev) = self.audit_head()?;
+        let pos = pos + 1;
+        let hash = chain::link(&prev, pos, e);
         let entry = to_json(e)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO audit_log (seq, prev_hash, hash, at_us, call_id, key_id, label, decision, idempotency_key, \
-                 forwarded_idempotency_key, fingerprint, object_id, entry) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+                "INSERT INTO audit_log (seq, chain_seq, prev_hash, hash, at_us, call_id, key_id, label, decision, \
+                 idempotency_key, forwarded_idempotency_key, fingerprint, object_id, entry) \
+                 VALUES (?1,?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    row.seq,
-                    row.prev_hash,
-                    row.hash,
+                    pos,
+                    prev,
+                    hash,
                     e.at_us,
                     e.call_id,
                     e.key_id,
@@ -677,15 +786,16 @@ impl Ledger for SqliteLedger<'_> {
                     entry
                 ])
             })
-            .map(|_| ())
-            .map_err(sql_error)
+            .map_err(sql_error)?;
+        *self.head = Some((pos, hash));
+        Ok(())
     }
 
     fn query_audit(&mut self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
         let order = if q.ascending { "ASC" } else { "DESC" };
         let cursor_cmp = if q.ascending { ">" } else { "<" };
         let sql = format!(
-            "SELECT seq, prev_hash, hash, entry FROM audit_log WHERE \
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE \
              (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR substr(label, 1, length(?2)) = ?2) \
              AND (?3 IS NULL OR idempotency_key = ?3 OR forwarded_idempotency_key = ?3) \
              AND (?4 IS NULL OR fingerprint = ?4) AND (?5 IS NULL OR object_id = ?5) AND (?6 IS NULL OR decision = ?6) \
@@ -716,12 +826,12 @@ impl Ledger for SqliteLedger<'_> {
             .map_err(sql_error)
     }
 
-    fn audit_rows(&mut self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
+    fn audit_rows(&mut self, after: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
         self.conn
-            .prepare_cached("SELECT seq, prev_hash, hash, entry FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-            .and_then(|mut s| {
-                s.query_map(params![after_seq, limit as i64], audit_from_row)?.collect::<Result<Vec<_>, _>>()
-            })
+            .prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE chain_seq > ?1 ORDER BY chain_seq LIMIT ?2"
+            ))
+            .and_then(|mut s| s.query_map(params![after, limit as i64], audit_from_row)?.collect::<Result<Vec<_>, _>>())
             .map_err(sql_error)
     }
 

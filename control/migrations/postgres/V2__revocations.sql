@@ -1,0 +1,13 @@
+-- Revocations pushed to the Envoy workers' key caches, in order. Replicas relay
+-- new rows to their watchers and record how far their watchers have applied them.
+CREATE TABLE revocations (
+    generation BIGSERIAL PRIMARY KEY,
+    key_hashes TEXT NOT NULL,        -- hex SHA-256 of each revoked key, comma-separated
+    at         BIGINT NOT NULL
+);
+
+CREATE TABLE replicas (
+    replica_id       TEXT PRIMARY KEY,
+    acked_generation BIGINT NOT NULL,  -- every watcher of this replica applied up to here
+    heartbeat_at     BIGINT NOT NULL   -- unix milliseconds
+);

@@ -1,0 +1,219 @@
+//! Keeping the Envoy workers' key caches honest. Each worker caches the
+//! metadata of keys it may decide on alone (reads) and holds a
+//! `WatchRevocations` stream open to one replica. A revocation is written to
+//! the store's revocation log; every replica relays new log entries to its
+//! watchers, waits for their acks, and records how far they got. The admin
+//! call that revoked returns once every live replica reports its watchers
+//! applied it — so the very next request through any worker is refused.
+//! A watcher that falls behind is disconnected, and a worker without its
+//! stream decides nothing from its cache.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, oneshot, Notify};
+
+use crate::app::App;
+use crate::store::{Store, StoreResult};
+use crate::wire::Revocation;
+
+/// How long a watcher may lag behind before it is disconnected.
+const ACK_DEADLINE: Duration = Duration::from_secs(1);
+/// Replicas heard from within this are waited for.
+const LIVE_WINDOW_MS: i64 = 3_000;
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+
+struct Watcher {
+    acked: i64,
+    behind_since: Option<Instant>,
+    kick: Option<oneshot::Sender<()>>,
+}
+
+/// A worker's subscription.
+pub struct Subscription {
+    pub id: u64,
+    pub generation: i64,
+    pub updates: broadcast::Receiver<Revocation>,
+    /// Fires when the worker is disconnected for lagging.
+    pub kicked: oneshot::Receiver<()>,
+}
+
+pub struct Revocations {
+    replica_id: String,
+    relayed: AtomicI64,
+    tx: broadcast::Sender<Revocation>,
+    watchers: Mutex<HashMap<u64, Watcher>>,
+    next_id: AtomicU64,
+    wake: Notify,
+}
+
+impl Revocations {
+    pub fn new(replica_id: String, generation: i64) -> Revocations {
+        let (tx, _) = broadcast::channel(1024);
+        Revocations {
+            replica_id,
+            relayed: AtomicI64::new(generation),
+            tx,
+            watchers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            wake: Notify::new(),
+        }
+    }
+
+    /// The generation this replica's watchers have been sent.
+    pub fn generation(&self) -> i64 {
+        self.relayed.load(Ordering::SeqCst)
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let updates = self.tx.subscribe();
+        let generation = self.generation();
+        let (kick, kicked) = oneshot::channel();
+        if let Ok(mut w) = self.watchers.lock() {
+            w.insert(id, Watcher { acked: generation, behind_since: None, kick: Some(kick) });
+        }
+        Subscription { id, generation, updates, kicked }
+    }
+
+    pub fn ack(&self, id: u64, generation: i64) {
+        if let Ok(mut w) = self.watchers.lock() {
+            if let Some(watcher) = w.get_mut(&id) {
+                watcher.acked = watcher.acked.max(generation);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn unsubscribe(&self, id: u64) {
+        if let Ok(mut w) = self.watchers.lock() {
+            w.remove(&id);
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// Starts relaying after `generation` (the log's newest entry at start).
+    pub fn fast_forward(&self, generation: i64) {
+        self.relayed.fetch_max(generation, Ordering::SeqCst);
+    }
+
+    /// Asks the relay to look at the log now.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// How far every watcher got; disconnects the ones lagging too long.
+    fn acked_by_all(&self) -> i64 {
+        let relayed = self.generation();
+        let Ok(mut w) = self.watchers.lock() else { return 0 };
+        let now = Instant::now();
+        let mut acked = relayed;
+        w.retain(|_, watcher| {
+            if watcher.acked >= relayed {
+                watcher.behind_since = None;
+                return true;
+            }
+            let since = *watcher.behind_since.get_or_insert(now);
+            if now.duration_since(since) > ACK_DEADLINE {
+                if let Some(kick) = watcher.kick.take() {
+                    let _ = kick.send(());
+                }
+                return false;
+            }
+            acked = acked.min(watcher.acked);
+            true
+        });
+        acked
+    }
+}
+
+/// The relay: pushes new revocations from the log to this replica's watchers
+/// and records in the store how far they applied them.
+pub async fn relay(app: Arc<App>) {
+    let (store, hub) = (&app.store, &app.revocations);
+    let mut last_beat: Option<(i64, Instant)> = None;
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(20), hub.wake.notified()).await;
+        let after = hub.generation();
+        match store.read(move |l| l.revocations_after(after, 256)).await {
+            Ok(rows) => {
+                for (generation, hashes) in rows {
+                    hub.relayed.store(generation, Ordering::SeqCst);
+                    let _ = hub.tx.send(Revocation {
+                        generation: generation as u64,
+                        key_hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "revocation relay: cannot read the log"),
+        }
+        let acked = hub.acked_by_all();
+        let due = match last_beat {
+            Some((a, at)) => a != acked || at.elapsed() >= HEARTBEAT_EVERY,
+            None => true,
+        };
+        if due {
+            let (replica, now) = (hub.replica_id.clone(), app.clock.now_us() / 1000);
+            match store.write_applied(move |l| l.heartbeat(&replica, acked, now)).await {
+                Ok(()) => last_beat = Some((acked, Instant::now())),
+                Err(e) => tracing::warn!(error = %e, "revocation relay: cannot record the heartbeat"),
+            }
+        }
+    }
+}
+
+/// Waits until every live replica's watchers applied `generation`; false on timeout.
+pub async fn wait_propagated(
+    store: &Store,
+    hub: &Revocations,
+    generation: i64,
+    now_ms: i64,
+    timeout: Duration,
+) -> StoreResult<bool> {
+    hub.poke();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let since = now_ms - LIVE_WINDOW_MS;
+        let replicas = store.read(move |l| l.live_replicas(since)).await?;
+        if replicas.iter().all(|(_, acked)| *acked >= generation) && !replicas.is_empty() {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slowest_watcher_decides_and_a_laggard_is_kicked() {
+        let hub = Revocations::new("r1".into(), 5);
+        let mut a = hub.subscribe();
+        let b = hub.subscribe();
+        assert_eq!(hub.acked_by_all(), 5);
+        hub.relayed.store(6, Ordering::SeqCst);
+        hub.ack(a.id, 6);
+        assert_eq!(hub.acked_by_all(), 5, "b has not applied 6");
+        hub.ack(b.id, 6);
+        assert_eq!(hub.acked_by_all(), 6);
+        hub.relayed.store(7, Ordering::SeqCst);
+        if let Ok(mut w) = hub.watchers.lock() {
+            for watcher in w.values_mut() {
+                watcher.behind_since = Some(Instant::now() - ACK_DEADLINE * 2);
+            }
+        }
+        assert_eq!(hub.acked_by_all(), 7, "laggards are dropped, not waited for");
+        assert_eq!(hub.watcher_count(), 0);
+        assert!(a.kicked.try_recv().is_ok());
+    }
+}
