@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use keybrake_core::scope::{any_matches, Method};
 use keybrake_core::vendor::Vendor;
 
+use crate::admin::auth_limit::FailureLimiter;
 use crate::calls::{begin_call, settle_call, Begun, CallPlan, Settled, Settlement};
 use crate::clock::{day_of, Clock};
 use crate::denial::Denial;
@@ -39,6 +40,8 @@ pub struct App {
     pub store: Store,
     pub metrics: Metrics,
     pub revocations: Revocations,
+    /// Failed admin authentications per source.
+    pub auth_failures: FailureLimiter,
     pub vault: Vault,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
@@ -51,6 +54,7 @@ impl App {
             store,
             metrics: Metrics::new(),
             revocations: Revocations::new(new_id("replica"), 0),
+            auth_failures: FailureLimiter::default(),
             vault,
             clock,
             limits,

@@ -3,6 +3,7 @@
 //! key (`vendor: "keybrake"`) may also call. Errors use Stripe's shape.
 
 mod audit;
+pub mod auth_limit;
 mod error;
 mod fx;
 mod keys;
@@ -88,34 +89,59 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
+/// Where a request came from: the client address Envoy put in
+/// `X-Forwarded-For` (it sets it, `use_remote_address`), else the direct peer.
+fn source(req: &Request) -> String {
+    req.headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| "direct".to_owned())
+}
+
 async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let Some(token) = bearer(&req).map(str::to_owned) else {
-        return AdminError::Unauthorized.into_response();
-    };
-    if app.vault.is_admin_key(&token) {
-        req.extensions_mut().insert(Principal::Admin);
-        return next.run(req).await;
+    let from = source(&req);
+    let now = std::time::Instant::now();
+    if app.auth_failures.is_blocked(&from, now) {
+        return AdminError::TooManyAttempts.into_response();
     }
-    let Ok(vault_key) = VaultKey::parse(&token) else {
-        return AdminError::Unauthorized.into_response();
-    };
+    let (token, method, path) = (bearer(&req).map(str::to_owned), req.method().clone(), req.uri().path().to_owned());
+    match principal(&app, token, &method, &path).await {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => {
+            if matches!(e, AdminError::Unauthorized) {
+                app.auth_failures.record_failure(&from, now);
+                app.metrics.error("admin_auth_failed");
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// Who presents the request's bearer token: the admin, or an audit-scoped
+/// vault key allowed this method and path.
+async fn principal(app: &App, token: Option<String>, method: &HttpMethod, path: &str) -> Result<Principal, AdminError> {
+    let token = token.ok_or(AdminError::Unauthorized)?;
+    if app.vault.is_admin_key(&token) {
+        return Ok(Principal::Admin);
+    }
+    let vault_key = VaultKey::parse(&token).map_err(|_| AdminError::Unauthorized)?;
     let hash = vault_key.hash();
-    let key = match app.store.read(move |l| l.key_by_hash(&hash)).await {
-        Ok(Some(k)) => k,
-        Ok(None) => return AdminError::Unauthorized.into_response(),
-        Err(_) => return AdminError::Storage.into_response(),
-    };
+    let key = app.store.read(move |l| l.key_by_hash(&hash)).await?.ok_or(AdminError::Unauthorized)?;
     let now = app.clock.now_us() / 1_000_000;
-    let method = match *req.method() {
+    let method = match *method {
         HttpMethod::GET => Some(Method::Get),
         _ => None,
     };
     let allowed = key.vendor == Vendor::Keybrake
         && key.state(now) == KeyState::Active
-        && method.is_some_and(|m| any_matches(&key.scopes, m, req.uri().path()));
+        && method.is_some_and(|m| any_matches(&key.scopes, m, path));
     if !allowed {
-        return AdminError::Forbidden.into_response();
+        return Err(AdminError::Forbidden);
     }
-    req.extensions_mut().insert(Principal::AuditKey { key_id: key.id });
-    next.run(req).await
+    Ok(Principal::AuditKey { key_id: key.id })
 }
