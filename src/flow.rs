@@ -242,6 +242,7 @@ impl Flow {
                     }
                     None => {
                         host.count(Counter::CalloutFailed, Some("authorize"));
+                        host.log_warn(&format!("keybrake: Authorize failed (gRPC status {status}); refusing the call"));
                         self.release_unanswered();
                         self.refuse(host, Refusal::ControlUnavailable);
                     }

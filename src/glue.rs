@@ -12,6 +12,7 @@ use proxy_wasm::hostcalls as hc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
+use crate::backoff::Backoff;
 use crate::config::FilterConfig;
 use crate::flow::Flow;
 use crate::host::{Counter, Host, Rpc, Step, SERVICE};
@@ -84,6 +85,8 @@ struct Root {
     ids: Rc<RefCell<CallIds>>,
     cache: Rc<RefCell<KeyCache>>,
     in_flight: Option<(u32, CallRecordBatch)>,
+    /// After a failed delivery, wait before the next (the control service may be struggling).
+    backoff: Backoff,
     reported_drops: u64,
     /// The open revocation stream, and when the last attempt to open one was made.
     watch: Option<u32>,
@@ -93,7 +96,7 @@ struct Root {
 impl Root {
     /// Sends one batch from the outbox, if none is in flight.
     fn flush(&mut self) {
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || !self.backoff.ready(now_millis()) {
             return;
         }
         let Ok(mut outbox) = self.outbox.try_borrow_mut() else {
@@ -196,17 +199,21 @@ impl Context for Root {
                     if let Ok(mut m) = self.metrics.try_borrow_mut() {
                         m.add(metric_name(Counter::OutboxDelivered, None), n as i64);
                     }
+                    self.backoff.succeeded();
+                    // Delivered: send the next batch now rather than at the next tick.
+                    if !self.outbox_empty() {
+                        self.flush();
+                    }
                 } else {
-                    let _ = hc::log(LogLevel::Warn, "keybrake: audit batch not delivered; will retry");
+                    if self.backoff.failed(now_millis()) {
+                        let _ = hc::log(LogLevel::Warn, "keybrake: audit batch not delivered; retrying with backoff");
+                    }
                     if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
                         outbox.requeue(batch);
                     }
                 }
             }
             other => self.in_flight = other,
-        }
-        if !self.outbox_empty() {
-            self.flush();
         }
     }
 

@@ -6,6 +6,7 @@
 //! host-specific is behind [`host::Host`]; the decisions are plain code in
 //! [`flow`] and `keybrake-core`, tested natively.
 
+pub mod backoff;
 pub mod config;
 pub mod credentials;
 pub mod flow;

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::model::{AuditEntry, KeyRecord, KeyState};
 use crate::revocation::Revocations;
 use crate::secrets::Vault;
-use crate::store::{Ledger, Store, StoreResult};
+use crate::store::{Ledger, Store, StoreError, StoreResult};
 use crate::usd::FxTable;
 use crate::wire::{self, authorize_response::Verdict, price::Kind};
 
@@ -28,11 +28,14 @@ pub struct Limits {
     pub record_ttl_secs: i64,
     /// How long a forwarded call may stay unsettled before it counts as uncertain.
     pub lease_secs: i64,
+    /// How long a decision may wait for its durable write; past it the call is
+    /// refused with a storage error (well before the filter's own timeout).
+    pub store_deadline: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { record_ttl_secs: 86_400, lease_secs: 300 }
+        Limits { record_ttl_secs: 86_400, lease_secs: 300, store_deadline: std::time::Duration::from_secs(5) }
     }
 }
 
@@ -155,7 +158,7 @@ impl App {
         };
         let begun = {
             let _timer = self.metrics.time_store("write");
-            self.store.write(move |l| begin_call(l, &plan)).await
+            self.begin_within_deadline(plan).await
         };
         match &begun {
             Ok(Begun::Allowed { reserved, .. }) if *reserved > 0 => {
@@ -189,6 +192,33 @@ impl App {
             Err(e) => {
                 tracing::error!(error = %e, "authorize: storage failed; refusing the call");
                 deny(&Denial::StorageUnavailable, Some(metadata))
+            }
+        }
+    }
+
+    /// Begins a call, or gives up after the store deadline. A write that still
+    /// commits after we gave up is released at once: nothing was forwarded.
+    async fn begin_within_deadline(&self, plan: CallPlan) -> StoreResult<Begun> {
+        let mut write = tokio::spawn(self.store.write(move |l| begin_call(l, &plan)));
+        match tokio::time::timeout(self.limits.store_deadline, &mut write).await {
+            Ok(joined) => joined.map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            Err(_) => {
+                let (store, now_us) = (self.store.clone(), self.clock.now_us());
+                tokio::spawn(async move {
+                    if let Ok(Ok(Begun::Allowed { call_id, .. })) = write.await {
+                        let release = Settlement {
+                            call_id,
+                            outcome: wire::Outcome::NotSent,
+                            detail: "decided_after_the_deadline".into(),
+                            now_us,
+                            ..Default::default()
+                        };
+                        if let Err(e) = store.write_applied(move |l| settle_call(l, &release)).await {
+                            tracing::error!(error = %e, "could not release a late reservation");
+                        }
+                    }
+                });
+                Err(StoreError::Unavailable("the store did not decide within the deadline".into()))
             }
         }
     }

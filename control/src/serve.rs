@@ -55,8 +55,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let vault = Vault::new(stripe_key, &admin_key)?;
 
     let store = open_store(&args).await?;
-    let limits =
-        Limits { record_ttl_secs: args.idempotency_ttl_seconds.max(60), lease_secs: args.lease_seconds.max(1) };
+    let limits = Limits {
+        record_ttl_secs: args.idempotency_ttl_seconds.max(60),
+        lease_secs: args.lease_seconds.max(1),
+        ..Limits::default()
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Arc::new(App::new(store, vault, clock, limits));
     if let Some(path) = &args.fx_rates_file {

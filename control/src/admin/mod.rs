@@ -8,6 +8,7 @@ mod error;
 mod fx;
 mod keys;
 mod openapi;
+mod ui;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin)
+        .merge(ui::router(app.clone()))
         .with_state(app)
 }
 

@@ -153,7 +153,8 @@ pub fn hashes_from_text(text: &str) -> StoreResult<Vec<[u8; 32]>> {
         .collect()
 }
 
-/// The configured backend.
+/// The configured backend. Clones share the same connections.
+#[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),

@@ -32,6 +32,7 @@ const MIGRATION_LOCK: i64 = 0x6b65_7962_7261_6b65;
 /// Makes one replica at a time the audit chainer.
 const CHAIN_LOCK: i64 = 0x6b65_7962_6368_6169;
 
+#[derive(Clone)]
 pub struct PgStore {
     /// Always `Some` until dropped.
     pool: Option<Pool>,

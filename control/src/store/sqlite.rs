@@ -77,6 +77,7 @@ where
     }
 }
 
+#[derive(Clone)]
 pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn WriteJob>>,
     readers: Arc<ReaderPool>,
@@ -130,7 +131,9 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         let mut conn = Connection::open(path).map_err(unavailable)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+            // The writer is the only writer: a busy database means an outside
+            // tool holds it, and waiting long only delays the refusal.
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=1000; PRAGMA foreign_keys=ON;",
         )
         .map_err(unavailable)?;
         migrations::migrations::runner().run(&mut conn).map_err(|e| unavailable(format!("migrations: {e}")))?;
