@@ -22,3 +22,14 @@ def error_code(e) -> str | None:
     """The gateway's error code from a stripe SDK exception (the SDK drops ``code`` for some statuses, e.g. 429)."""
     body = getattr(e, "json_body", None) or {}
     return (body.get("error") or {}).get("code")
+
+
+def outcomes(stack: Stack, count: int, timeout: float = 10.0, **filters) -> list[dict]:
+    """The audit log's outcome rows matching the filters, once there are ``count`` of them.
+
+    The gateway writes a call's outcome when it settles it, before releasing the
+    response; if that settlement callout fails, the filter releases the response
+    and delivers the settlement a moment later. So wait, boundedly, rather than
+    read once."""
+    rows = stack.wait_audit(lambda rows: len([r for r in rows if r["stage"] == "outcome"]) >= count, timeout, **filters)
+    return [r for r in rows if r["stage"] == "outcome"]

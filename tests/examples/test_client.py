@@ -12,8 +12,8 @@ import pytest
 import stripe
 
 import keybrake
-from examples_support import charges, error_code
-from support.stack import ADMIN_KEY
+from examples_support import charges, error_code, outcomes
+from support.stack import ADMIN_KEY, wait_for
 
 
 def unique(prefix: str) -> str:
@@ -38,7 +38,7 @@ def test_an_issued_key_charges_through_the_gateway_and_is_named_in_the_audit_log
     charge = keybrake.stripe_client(key.vault_key, url=stack.url).v1.charges.create(params=charge_params(customer))
     sent = charges(stack, customer_prefix=customer)
     assert len(sent) == 1 and sent[0]["headers"]["authorization"] == "Bearer sk_test_keybrake_real_4242"
-    outcome = [r for r in stack.audit(key_id=key.id) if r["stage"] == "outcome"]
+    outcome = outcomes(stack, 1, key_id=key.id)
     assert [(r["object_id"], r["label"], r["usd"]) for r in outcome] == [(charge.id, f"client-issue-{customer}", 29.99)]
     assert key.vault_key not in repr(key) and key.vault_key not in str(key)
 
@@ -185,7 +185,7 @@ def test_the_preflight_check_with_an_audit_scoped_key(stack, kb):
     payer = kb.issue_vault_key(f"client-payer-{customer}", daily_usd_cap=50)
     charge = keybrake.stripe_client(payer.vault_key, url=stack.url).v1.charges.create(
         params=charge_params(customer), options={"idempotency_key": idem})
-    done = reader.already_done(idem, key=auditor.vault_key)
+    done = wait_for(lambda: reader.already_done(idem, key=auditor.vault_key), timeout=10, what="the outcome row")
     assert done is not None and done["object_id"] == charge.id and done["key_id"] == payer.id
     rows = keybrake.audit(url=stack.url, key=auditor.vault_key, idempotency_key=idem)
     assert {r["stage"] for r in rows} == {"intent", "outcome"} and all(r["idempotency_key"] == idem for r in rows)
@@ -206,6 +206,7 @@ def test_audit_follows_cursors_across_pages(stack, kb):
     client = keybrake.stripe_client(key.vault_key, url=stack.url)
     for i in range(4):
         client.v1.charges.create(params=charge_params(f"{customer}_{i}", amount=100 + i))
+    outcomes(stack, 4, key_id=key.id)
     whole = kb.audit(key_id=key.id)
     paged = kb.audit(key_id=key.id, page_size=3)
     assert len(whole) == 8 and [r["seq"] for r in paged] == [r["seq"] for r in whole]

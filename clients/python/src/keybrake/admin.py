@@ -197,7 +197,8 @@ class Keybrake:
         """Revokes one key at once (``DELETE /admin/vault_keys/{id}``); returns its view."""
         if not key_id or "/" in key_id:
             raise ValueError(f"not a vault key id: {key_id!r}")
-        return self._request("DELETE", f"/admin/vault_keys/{key_id}")
+        view: Dict[str, Any] = self._request("DELETE", f"/admin/vault_keys/{key_id}")
+        return view
 
     def revoke_prefix(self, label_prefix: str) -> Revoked:
         """The kill switch: revokes every active key whose label starts with ``label_prefix``."""
@@ -263,6 +264,11 @@ class Keybrake:
         A job that is re-executed with no memory of its last run (a resumed
         Ray Workflow step, a re-triggered Kestra subflow) can ask this with an
         audit-scoped ``key`` before calling Stripe, and skip the call.
+
+        ``None`` is not proof that nothing happened: a call still in flight has
+        no outcome yet. Make the call through the gateway anyway, with the same
+        idempotency key: the gateway answers a duplicate of an in-flight call
+        with 409 and of a finished one with the stored response.
         """
         for row in self.audit(key=key, idempotency_key=idempotency_key):
             status = row.get("upstream_status")
