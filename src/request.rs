@@ -66,11 +66,15 @@ impl Incoming {
             return Err(Refusal::MethodOverride);
         }
         let target = path::normalize(rest).map_err(Refusal::Path)?;
+        if looks_like_vault_key(&target.path) {
+            return Err(Refusal::KeyInQuery);
+        }
         if let Some(q) = &target.query {
             if method == Method::Post {
                 return Err(Refusal::QueryOnPost);
             }
-            if q.split('&').any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("_method"))) {
+            let overrides = q.split('&').filter_map(|kv| kv.split('=').next()).any(is_method_override_param);
+            if overrides {
                 return Err(Refusal::MethodOverride);
             }
         }
@@ -106,7 +110,7 @@ impl Incoming {
         if let Some(dup) = params.first_duplicate() {
             return Err(Refusal::Form(keybrake_core::form::FormError::Duplicate(dup.to_owned())));
         }
-        if params.iter().any(|(k, _)| k == "_method") {
+        if params.iter().any(|(k, _)| is_method_override_param(k)) {
             return Err(Refusal::MethodOverride);
         }
         let price = pricing::price(self.method, &self.target.path, &params).map_err(Refusal::Pricing)?;
@@ -118,6 +122,12 @@ impl Incoming {
     pub fn forwarded_path(&self) -> String {
         format!("{}{}", self.prefix, self.target.to_request_target())
     }
+}
+
+/// `_method` in any case or encoding (`%5Fmethod`, `_METHOD`).
+fn is_method_override_param(name: &str) -> bool {
+    let decoded = name.replace("%5F", "_").replace("%5f", "_");
+    decoded.eq_ignore_ascii_case("_method")
 }
 
 fn is_form(content_type: Option<&str>) -> bool {
@@ -185,6 +195,9 @@ mod tests {
         assert_eq!(incoming("GET", "/stripe/v1/charges?_method=POST", &[]).err(), Some(Refusal::MethodOverride));
         assert_eq!(incoming("POST", "/stripe/v1/charges?amount=1", &[]).err(), Some(Refusal::QueryOnPost));
         assert_eq!(incoming("GET", "/stripe/v1/charges?key=vk_abc", &[]).err(), Some(Refusal::KeyInQuery));
+        assert_eq!(incoming("GET", "/stripe/v1/charges?key=%76k_abc", &[]).err(), Some(Refusal::KeyInQuery));
+        assert_eq!(incoming("GET", "/stripe/v1/charges/vk_abc", &[]).err(), Some(Refusal::KeyInQuery));
+        assert_eq!(incoming("GET", "/stripe/v1/charges?%5Fmethod=POST", &[]).err(), Some(Refusal::MethodOverride));
         assert!(matches!(incoming("GET", "/stripe/v1/%2e%2e/%2e%2e/x", &[]).err(), Some(Refusal::Path(_))));
         assert_eq!(
             incoming("POST", "/stripe/v1/charges", &[("idempotency-key", "a"), ("idempotency-key", "b")]).err(),

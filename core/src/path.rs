@@ -4,7 +4,9 @@
 //! Anything that could make two different strings mean the same resource to
 //! some server but not to us is either resolved here (duplicate slashes, dot
 //! segments, percent-encoded unreserved characters, a trailing slash) or
-//! refused (encoded separators, double encoding, `;` parameters, controls).
+//! refused. After decoding, a path holds only RFC 3986 unreserved characters
+//! and `/` — all Stripe's paths need — so a decoded `?`, `#`, `;`, `%` or `\`
+//! can never change what the upstream reads.
 
 /// Longest request target accepted, in bytes.
 pub const MAX_TARGET_LEN: usize = 2048;
@@ -48,7 +50,7 @@ pub enum PathError {
     BadPercentEncoding,
     #[error("the request path is percent-encoded twice")]
     DoubleEncoding,
-    #[error("the request path contains a control, space, backslash or non-ASCII character")]
+    #[error("the request path may hold only letters, digits, '-', '.', '_', '~' and '/'")]
     ForbiddenCharacter,
     #[error("the request path contains a ';' path parameter")]
     PathParameter,
@@ -106,8 +108,9 @@ pub fn normalize(raw: &str) -> Result<Target, PathError> {
     Ok(Target { path, query: query.filter(|q| !q.is_empty()).map(str::to_owned) })
 }
 
-/// Decodes `%XX` escapes once. A decoded separator, `%` (double encoding),
-/// control or non-ASCII byte is refused rather than interpreted.
+/// Decodes `%XX` escapes once. A decoded separator or `%` (double encoding)
+/// is refused with its own reason; any other byte outside the unreserved set
+/// (raw or decoded) is refused as a forbidden character.
 fn decode_path(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
@@ -129,8 +132,9 @@ fn decode_path(raw: &str) -> Result<String, PathError> {
             i += 1;
             b
         };
-        if c.is_ascii_control() || c == b' ' || c == b'\\' || !c.is_ascii() {
-            return Err(PathError::ForbiddenCharacter);
+        let unreserved = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        if !(unreserved || c == b'/') {
+            return if c == b';' { Err(PathError::PathParameter) } else { Err(PathError::ForbiddenCharacter) };
         }
         out.push(char::from(c));
     }
@@ -185,6 +189,12 @@ mod tests {
         assert_eq!(normalize("/v1/char ges"), Err(PathError::ForbiddenCharacter));
         assert_eq!(normalize("/v1/charges%00"), Err(PathError::ForbiddenCharacter));
         assert_eq!(normalize("/v1\\charges"), Err(PathError::ForbiddenCharacter));
+        // Decoded delimiters would re-split the target upstream: refused, not decoded.
+        assert_eq!(normalize("/v1/charges/ch_1%3f/capture"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize("/v1/charges/ch_1%23/capture"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize("/v1/charges/ch_%3c1%3e"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize("/v1/charges/ch_1{x}"), Err(PathError::ForbiddenCharacter));
+        assert_eq!(normalize("/v1/charges/ch_1~x"), Ok(Target { path: "/v1/charges/ch_1~x".into(), query: None }));
         assert_eq!(normalize(&format!("/{}", "a".repeat(MAX_TARGET_LEN))), Err(PathError::TooLong));
         assert_eq!(normalize(&"/a".repeat(40)), Err(PathError::TooManySegments));
     }
@@ -194,6 +204,7 @@ mod tests {
         fn never_panics_and_is_idempotent(raw in "[/a-z.%0-9;?A-F]{0,60}") {
             if let Ok(t) = normalize(&raw) {
                 prop_assert!(t.path.starts_with('/'));
+                prop_assert!(t.path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b)));
                 prop_assert!(!t.path.contains("//"));
                 prop_assert!(!t.path.split('/').any(|s| s == ".." || s == "."));
                 let again = normalize(&t.path).unwrap();

@@ -74,9 +74,51 @@ pub fn hash_key_text(text: &str) -> KeyHash {
     Sha256::digest(text.as_bytes()).into()
 }
 
-/// True when `text` looks like it is meant to be a vault key (for refusing keys in odd places).
+/// True when `text` holds what looks like a vault key, also when
+/// percent-encoded (for refusing keys in URLs, where they would travel on).
 pub fn looks_like_vault_key(text: &str) -> bool {
-    text.contains(PREFIX)
+    text.contains(PREFIX) || percent_decode_lossy(text).to_ascii_lowercase().contains(PREFIX)
+}
+
+/// `%XX` decoded (repeatedly, to see through double encoding) and `+` as a
+/// space; malformed escapes are kept as they are.
+fn percent_decode_lossy(text: &str) -> String {
+    let mut current = text.to_owned();
+    for _ in 0..3 {
+        let bytes = current.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            let escaped = (b == b'%')
+                .then(|| {
+                    Some(
+                        (crate::path::hex_value(*bytes.get(i + 1)?)? << 4)
+                            | crate::path::hex_value(*bytes.get(i + 2)?)?,
+                    )
+                })
+                .flatten();
+            match (escaped, b) {
+                (Some(d), _) => {
+                    out.push(d);
+                    i += 3;
+                }
+                (None, b'+') => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (None, other) => {
+                    out.push(other);
+                    i += 1;
+                }
+            }
+        }
+        let next = String::from_utf8_lossy(&out).into_owned();
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
 }
 
 fn checksum(body: &str) -> String {
@@ -138,6 +180,15 @@ mod tests {
         let c = if &typo[10..11] == "a" { "b" } else { "a" };
         typo.replace_range(10..11, c);
         assert_eq!(VaultKey::parse(&typo).err(), Some(KeyFormatError::Checksum));
+    }
+
+    #[test]
+    fn spots_keys_even_when_encoded() {
+        assert!(looks_like_vault_key("key=vk_abc"));
+        assert!(looks_like_vault_key("key=%76k_abc"));
+        assert!(looks_like_vault_key("key=%2576%256b_abc"));
+        assert!(looks_like_vault_key("key=VK%5Fabc"));
+        assert!(!looks_like_vault_key("limit=3&expand[]=customer"));
     }
 
     #[test]
