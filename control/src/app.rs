@@ -45,6 +45,8 @@ pub struct App {
     pub revocations: Revocations,
     /// Failed admin authentications per source.
     pub auth_failures: FailureLimiter,
+    /// Envoy's admin address, for the console's gateway counters (`--envoy-admin-url`).
+    pub envoy_admin_url: Option<String>,
     pub vault: Vault,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
@@ -58,6 +60,7 @@ impl App {
             metrics: Metrics::new(),
             revocations: Revocations::new(new_id("replica"), 0),
             auth_failures: FailureLimiter::default(),
+            envoy_admin_url: None,
             vault,
             clock,
             limits,

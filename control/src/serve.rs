@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// JSON file of FX rates loaded at start: {"as_of": "YYYY-MM-DD", "rates": {"eur": "1.08"}}.
     #[arg(long, env = "KEYBRAKE_FX_RATES_FILE")]
     pub fx_rates_file: Option<PathBuf>,
+    /// Envoy's admin address (e.g. http://127.0.0.1:9901): the console shows the
+    /// filter's counters from its /stats.
+    #[arg(long, env = "KEYBRAKE_ENVOY_ADMIN_URL")]
+    pub envoy_admin_url: Option<String>,
     /// How often leases are checked and expired records purged, in milliseconds.
     #[arg(long, env = "KEYBRAKE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
@@ -61,7 +65,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = Arc::new(App::new(store, vault, clock, limits));
+    let mut app = App::new(store, vault, clock, limits);
+    app.envoy_admin_url = args.envoy_admin_url.clone().filter(|u| !u.trim().is_empty());
+    let app = Arc::new(app);
     if let Some(path) = &args.fx_rates_file {
         load_fx_file(&app, path).await?;
     }

@@ -102,11 +102,20 @@ fn source(req: &Request) -> String {
         .unwrap_or_else(|| "direct".to_owned())
 }
 
+/// A refusal sent before the request body was read: the connection carries
+/// unread bytes, so it must not be reused (Envoy would send the next request
+/// on a connection the server is about to drop).
+fn refuse_early(error: AdminError) -> Response {
+    let mut response = error.into_response();
+    response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
+}
+
 async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let from = source(&req);
     let now = std::time::Instant::now();
     if app.auth_failures.is_blocked(&from, now) {
-        return AdminError::TooManyAttempts.into_response();
+        return refuse_early(AdminError::TooManyAttempts);
     }
     let (token, method, path) = (bearer(&req).map(str::to_owned), req.method().clone(), req.uri().path().to_owned());
     match principal(&app, token, &method, &path).await {
@@ -119,7 +128,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
                 app.auth_failures.record_failure(&from, now);
                 app.metrics.error("admin_auth_failed");
             }
-            e.into_response()
+            refuse_early(e)
         }
     }
 }

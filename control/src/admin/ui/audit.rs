@@ -2,12 +2,13 @@
 //! cursor and filtered by key, label prefix, decision, idempotency key and
 //! time range (everything through `GET /admin/audit`'s handler, so the
 //! filters mean and refuse exactly what they do in the API); denials and
-//! replays stand out; one record is shown in full on its own page. Above the
-//! table, the activity chart (drawn by `console.js` from [`super::activity`]).
+//! replays stand out; each row links to the record in full ([`super::record`]).
+//! Above the table, the activity chart (drawn by `console.js` from
+//! [`super::activity`]).
 //! Audit records never hold a secret: vault keys are stored only as hashes
 //! and never written to the log.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
@@ -46,8 +47,8 @@ pub struct Filter {
 
 /// A page of audit records as the API answers it.
 #[derive(Deserialize)]
-struct Page {
-    data: Vec<Map<String, Value>>,
+pub struct Page {
+    pub data: Vec<Map<String, Value>>,
     has_more: bool,
     next_cursor: Option<String>,
 }
@@ -66,7 +67,7 @@ fn time(text: &str) -> String {
 }
 
 /// Rows through `GET /admin/audit` with the given parameters (API names).
-async fn fetch(app: &std::sync::Arc<App>, params: Value) -> Result<Page, AdminError> {
+pub async fn fetch(app: &std::sync::Arc<App>, params: Value) -> Result<Page, AdminError> {
     let params = serde_json::from_value(params).map_err(|e| AdminError::invalid("query", e.to_string()))?;
     let response =
         crate::admin::audit::query(State(app.clone()), Extension(Principal::Admin), AdminQuery(params)).await?;
@@ -77,12 +78,12 @@ fn some(s: &str) -> Option<String> {
     (!s.trim().is_empty()).then(|| s.trim().to_owned())
 }
 
-fn s<'a>(row: &'a Map<String, Value>, name: &str) -> &'a str {
+pub fn s<'a>(row: &'a Map<String, Value>, name: &str) -> &'a str {
     row.get(name).and_then(Value::as_str).unwrap_or_default()
 }
 
 /// A field as text, whatever its JSON type (`""` for null).
-fn text(row: &Map<String, Value>, name: &str) -> String {
+pub fn text(row: &Map<String, Value>, name: &str) -> String {
     match row.get(name) {
         Some(Value::String(v)) => v.clone(),
         Some(Value::Null) | None => String::new(),
@@ -95,7 +96,23 @@ fn short_time(at: &str) -> String {
     at.replacen('T', " ", 1).chars().take(23).collect()
 }
 
-fn row_html(r: &Map<String, Value>) -> String {
+/// An amount in a currency's minor units as Stripe counts them: `2999 usd` is `29.99 USD`, `500 jpy` is `500 JPY`.
+fn amount_text(minor: i64, currency: &str) -> String {
+    let Ok(c) = keybrake_core::currency::Currency::parse(currency) else {
+        return format!("{minor} {currency} (minor units)");
+    };
+    let exp = c.api_exponent(false);
+    let code = currency.to_ascii_uppercase();
+    if exp == 0 {
+        return format!("{minor} {code}");
+    }
+    let unit = 10_i64.pow(exp);
+    let sign = if minor < 0 { "-" } else { "" };
+    let (major, frac) = (minor.unsigned_abs() / unit.unsigned_abs(), minor.unsigned_abs() % unit.unsigned_abs());
+    format!("{sign}{major}.{frac:0width$} {code}", width = usize::try_from(exp).unwrap_or(2))
+}
+
+pub fn row_html(r: &Map<String, Value>) -> String {
     let decision = s(r, "decision");
     let known = ["allowed", "denied", "replayed", "abandoned"].contains(&decision);
     let class = if known { format!("decision-{decision}") } else { "decision-other".to_owned() };
@@ -103,12 +120,16 @@ fn row_html(r: &Map<String, Value>) -> String {
         Some(Value::Number(n)) => html::usd(html::micros(Some(n))),
         _ => String::new(),
     };
-    let amount = match (r.get("amount"), s(r, "currency")) {
-        (Some(Value::Number(n)), c) if !c.is_empty() => format!("{n} {c} (minor units)"),
+    let amount = match (r.get("amount").and_then(Value::as_i64), s(r, "currency")) {
+        (Some(minor), c) if !c.is_empty() => amount_text(minor, c),
         _ => String::new(),
     };
     let idem = s(r, "idempotency_key");
-    let idem_short: String = idem.chars().take(24).collect();
+    let idem_short = if idem.chars().count() > 36 {
+        format!("{}…", idem.chars().take(35).collect::<String>())
+    } else {
+        idem.to_owned()
+    };
     format!(
         "<tr class=\"{class}\" data-seq=\"{seq}\" data-stage=\"{stage}\" data-decision=\"{decision}\" \
          data-reason=\"{reason}\"><td><a href=\"/admin/ui/audit/{seq}\">{seq}</a></td>\
@@ -177,8 +198,8 @@ pub async fn table(State(c): Shared, auth: Authed, Query(f): Query<Filter>) -> R
     } else {
         format!(
             "<table class=\"audit\" id=\"audit\"><thead><tr><th>Seq</th><th>Time (UTC)</th><th>Key</th><th>Call</th>\
-             <th>Stage</th><th>Decision</th><th>Outcome</th><th>USD</th><th>Idempotency key</th></tr></thead>\
-             <tbody>{rows}</tbody></table>"
+             <th>Stage</th><th>Decision</th><th>Outcome</th><th class=\"num\">USD</th><th>Idempotency key</th></tr>\
+             </thead><tbody>{rows}</tbody></table>"
         )
     };
     let option = |v: &str| {
@@ -213,8 +234,8 @@ pub async fn table(State(c): Shared, auth: Authed, Query(f): Query<Filter>) -> R
          <label>Label prefix<input name=\"label_prefix\" value=\"{prefix}\" id=\"audit-prefix\" size=\"14\"></label>\
          <label>Decision<select name=\"decision\" id=\"audit-decision\">{decisions}</select></label>\
          <label>Idempotency key<input name=\"idempotency_key\" value=\"{idem}\" size=\"14\"></label>\
-         <label>Since<input name=\"since\" value=\"{since}\" placeholder=\"2026-11-26T10:00 (UTC)\" size=\"16\"></label>\
-         <label>Until<input name=\"until\" value=\"{until}\" placeholder=\"RFC 3339 or unix s\" size=\"16\"></label>\
+         <label>Since<input name=\"since\" value=\"{since}\" placeholder=\"YYYY-MM-DDTHH:MM\" size=\"16\"></label>\
+         <label>Until<input name=\"until\" value=\"{until}\" placeholder=\"YYYY-MM-DDTHH:MM\" size=\"16\"></label>\
          <button type=\"submit\">Filter</button> <a href=\"/admin/ui/audit\">Clear</a></form>\
          <p class=\"hint\">Recent: {r15} · {r60} · {r1440}. Times are UTC; a time without a zone is taken as UTC.</p>\
          {error}{table}<p class=\"paging\">{paging}</p>",
@@ -236,71 +257,6 @@ pub async fn table(State(c): Shared, auth: Authed, Query(f): Query<Filter>) -> R
     html::respond(status, html::page("Audit", Some(Nav::Audit), Some(&auth.csrf), &body))
 }
 
-/// The order fields are shown in on a record's page (any other field follows).
-const FIELDS: [&str; 28] = [
-    "seq",
-    "chain_seq",
-    "at",
-    "call_id",
-    "stage",
-    "decision",
-    "reason",
-    "outcome",
-    "upstream_status",
-    "key_id",
-    "label",
-    "vendor",
-    "method",
-    "path",
-    "amount",
-    "currency",
-    "usd",
-    "price_basis",
-    "idempotency_key",
-    "forwarded_idempotency_key",
-    "fingerprint",
-    "stripe_account",
-    "request_id",
-    "object_id",
-    "latency_us",
-    "detail",
-    "prev_hash",
-    "hash",
-];
-
-/// `GET /admin/ui/audit/{seq}`: one record in full, and the other rows of its call.
-pub async fn record(State(c): Shared, auth: Authed, Path(seq): Path<String>) -> Response {
-    let not_found = || html::error_page(StatusCode::NOT_FOUND, &auth.csrf, Nav::Audit, "No such audit record.");
-    let Some(next) = seq.parse::<i64>().ok().and_then(|s| s.checked_add(1)) else { return not_found() };
-    // The API has no lookup by sequence number; its cursor gives the row just before `seq + 1`.
-    let params = serde_json::json!({"starting_after": next.to_string(), "limit": 1, "order": "desc"});
-    let row = match fetch(&c.app, params).await {
-        Ok(page) => page.data.into_iter().next().filter(|r| text(r, "seq") == seq),
-        Err(e) => return html::error_page(html::status_of(&e), &auth.csrf, Nav::Audit, &e.to_string()),
-    };
-    let Some(row) = row else { return not_found() };
-    let mut fields: Vec<&str> = FIELDS.to_vec();
-    fields.extend(row.keys().map(String::as_str).filter(|k| !FIELDS.contains(k) && *k != "object"));
-    let dl: String =
-        fields.iter().map(|k| format!("<dt>{}</dt><dd class=\"mono\">{}</dd>", esc(k), esc(&text(&row, k)))).collect();
-    let call = s(&row, "call_id");
-    let related = match fetch(&c.app, serde_json::json!({"call_id": call, "order": "asc", "limit": 100})).await {
-        Ok(page) if !call.is_empty() => page.data.iter().map(row_html).collect::<String>(),
-        _ => String::new(),
-    };
-    let class = format!("decision-{}", s(&row, "decision"));
-    let body = format!(
-        "<h1>Audit record {seq}</h1><p><a href=\"/admin/ui/audit\">← Audit log</a></p>\
-         <dl class=\"record {class}\" id=\"record\">{dl}</dl><h2>Rows of this call</h2>\
-         <table class=\"audit\"><thead><tr><th>Seq</th><th>Time (UTC)</th><th>Key</th><th>Call</th><th>Stage</th>\
-         <th>Decision</th><th>Outcome</th><th>USD</th><th>Idempotency key</th></tr></thead><tbody>{related}</tbody>\
-         </table>",
-        seq = esc(&seq),
-        class = esc(&class),
-    );
-    html::respond(StatusCode::OK, html::page("Audit record", Some(Nav::Audit), Some(&auth.csrf), &body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +268,9 @@ mod tests {
         assert_eq!(time("2026-11-26T10:00:00+01:00"), "2026-11-26T10:00:00+01:00");
         assert_eq!(time("1764150000"), "1764150000");
         assert_eq!(short_time("2026-11-26T10:00:00.123456Z"), "2026-11-26 10:00:00.123");
+        assert_eq!(amount_text(2999, "usd"), "29.99 USD");
+        assert_eq!(amount_text(500, "jpy"), "500 JPY");
+        assert_eq!(amount_text(1005, "kwd"), "1.005 KWD");
+        assert_eq!(amount_text(5, "eur"), "0.05 EUR");
     }
 }

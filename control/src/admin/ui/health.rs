@@ -131,8 +131,8 @@ pub async fn page(State(c): Shared, auth: Authed) -> Response {
                 })
                 .collect();
             format!(
-                "<table class=\"counters\" id=\"gateway\" data-state=\"ok\"><thead><tr><th>Counter (summed over \
-                 Envoy's workers)</th><th>Value</th></tr></thead><tbody>{rows}</tbody></table>"
+                "<table class=\"counters\" id=\"gateway\" data-state=\"ok\"><thead><tr><th>Counter (all of Envoy's \
+                 workers)</th><th class=\"num\">Value</th></tr></thead><tbody>{rows}</tbody></table>"
             )
         }
     };

@@ -85,7 +85,8 @@ pub async fn render(
     keys.sort_by(|a, b| b.created_at.cmp(&a.created_at));
     let rows: String = keys.iter().map(|k| row(k, now, &auth.csrf, &q.label_prefix)).collect();
     let table = if rows.is_empty() {
-        "<p class=\"muted\" id=\"no-keys\">No keys match.</p>".to_owned()
+        let none = if q.label_prefix.is_empty() && q.show.is_empty() { "No keys yet." } else { "No keys match." };
+        format!("<p class=\"muted\" id=\"no-keys\">{none}</p>")
     } else {
         format!(
             "<table class=\"keys\" id=\"keys\"><thead><tr><th>Label</th><th>Vendor</th><th>Scope</th><th>Cap / day</th>\
@@ -144,33 +145,49 @@ fn row(k: &KeyView, now: i64, csrf: &str, prefix: &str) -> String {
         String::new()
     } else {
         format!(
-            "<form method=\"post\" action=\"/admin/ui/keys/{id}/revoke\" class=\"inline\">{}\
+            "<form method=\"post\" action=\"/admin/ui/keys/{id}/revoke\" class=\"inline\" \
+             data-confirm=\"Revoke {label}? Calls with it are refused at once.\">{}\
              <input type=\"hidden\" name=\"label_prefix\" value=\"{}\">\
              <button type=\"submit\" class=\"danger small\">Revoke</button></form>",
             csrf_field(csrf),
             esc(prefix),
             id = esc(&k.id),
+            label = esc(&k.label),
         )
     };
     format!(
         "<tr data-key-id=\"{id}\" data-label=\"{label}\" data-state=\"{state}\">\
          <td><a href=\"/admin/ui/audit{audit}\">{label}</a><div class=\"sub mono\">{id}</div></td>\
          <td>{vendor}</td><td class=\"mono\">{scope}</td><td>{cap}{per_call}</td>\
-         <td>{bar}<div class=\"sub\">{spent} spent · {reserved} reserved · {uncertain} uncertain</div></td>\
-         <td><span data-expires=\"{expires}\" title=\"{expires_at}\">{countdown}</span></td>\
+         <td>{bar}<div class=\"sub\">{spend}</div></td>\
+         <td class=\"nowrap\"><span data-expires=\"{expires}\" title=\"{expires_at}\">{countdown}</span></td>\
          <td><span class=\"badge state-{state}\">{state}</span></td><td>{revoke}</td></tr>",
         id = esc(&k.id),
         label = esc(&k.label),
         audit = esc(&query(&[("key_id", &k.id)])),
         vendor = esc(k.vendor),
-        scope = k.allowed_endpoints.iter().map(|e| esc(e)).collect::<Vec<_>>().join("<br>"),
+        scope =
+            k.allowed_endpoints.iter().map(|e| format!("<div class=\"nowrap\">{}</div>", esc(e))).collect::<String>(),
         cap = cap.map(usd).unwrap_or_else(|| "none".to_owned()),
         bar = html::spend_bar(spent, reserved, uncertain, cap),
-        spent = usd(spent),
-        reserved = usd(reserved),
-        uncertain = usd(uncertain),
+        spend = spend_text(spent, reserved, uncertain, cap),
         expires_at = esc(&k.expires_at),
     )
+}
+
+/// `$29.99 spent of $50.00 (59%)`, then what is reserved or uncertain, when anything is.
+fn spend_text(spent: i64, reserved: i64, uncertain: i64, cap: Option<i64>) -> String {
+    let mut text = format!("{} spent", usd(spent));
+    if let Some(cap) = cap.filter(|c| *c > 0) {
+        let used = i128::from(spent) + i128::from(reserved) + i128::from(uncertain);
+        text.push_str(&format!(" of {} ({}%)", usd(cap), used * 100 / i128::from(cap)));
+    }
+    for (amount, what) in [(reserved, "reserved"), (uncertain, "uncertain")] {
+        if amount != 0 {
+            text.push_str(&format!(" · {} {what}", usd(amount)));
+        }
+    }
+    text
 }
 
 #[derive(Deserialize, Default)]
@@ -284,4 +301,16 @@ pub async fn revoke_prefix(State(c): Shared, auth: Authed, AnyForm(f): AnyForm<R
         esc(&query(&[("label_prefix", &f.label_prefix)])),
     );
     html::respond(StatusCode::OK, html::page("Keys revoked", Some(Nav::Keys), Some(&auth.csrf), &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spend_reads_against_the_cap() {
+        assert_eq!(spend_text(29_990_000, 0, 0, Some(50_000_000)), "$29.99 spent of $50.00 (59%)");
+        assert_eq!(spend_text(0, 1_000_000, 0, None), "$0.00 spent · $1.00 reserved");
+        assert!(!is_key_id("key_<script>") && is_key_id("key_aabbc33dbe7ff86866ea0ef2"));
+    }
 }

@@ -19,10 +19,9 @@
 //! same messages, revoking runs the same propagation to Envoy's workers, and
 //! the audit table pages with the same cursor.
 //!
-//! `KEYBRAKE_ENVOY_ADMIN_URL` (e.g. `http://127.0.0.1:9901`), read here when
-//! the router is built, lets the health page show the filter's counters from
-//! Envoy's admin interface. It is read here rather than in `ServeArgs` for
-//! now; unset, the page says the counters are not configured.
+//! `keybrake serve --envoy-admin-url` (`KEYBRAKE_ENVOY_ADMIN_URL`, e.g.
+//! `http://127.0.0.1:9901`) lets the health page show the filter's counters
+//! from Envoy's admin interface; unset, the page says they are not configured.
 
 mod activity;
 mod audit;
@@ -30,6 +29,7 @@ mod create;
 mod health;
 mod html;
 mod keys;
+mod record;
 mod session;
 
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub struct Console {
 /// The console's routes, to be merged into the admin router. It carries its
 /// own state, so it fits a router of any state type.
 pub fn router<S: Clone + Send + Sync + 'static>(app: Arc<App>) -> Router<S> {
-    let envoy_admin_url = std::env::var("KEYBRAKE_ENVOY_ADMIN_URL").ok().filter(|u| !u.trim().is_empty());
+    let envoy_admin_url = app.envoy_admin_url.clone();
     let console = Arc::new(Console { app, sessions: session::Sessions::default(), envoy_admin_url });
     Router::new()
         .route(BASE, get(|| async { Redirect::to("/admin/ui/") }))
@@ -70,13 +70,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(app: Arc<App>) -> Router<S> {
         .route("/admin/ui/keys/revoke", get(keys::confirm_revoke_prefix).post(keys::revoke_prefix))
         .route("/admin/ui/keys/{id}/revoke", post(keys::revoke_one))
         .route("/admin/ui/audit", get(audit::table))
-        .route("/admin/ui/audit/{seq}", get(audit::record))
+        .route("/admin/ui/audit/{seq}", get(record::record))
         .route("/admin/ui/api/activity", get(activity::activity))
         .route("/admin/ui/health", get(health::page))
         .route("/admin/ui/assets/console.css", get(css))
         .route("/admin/ui/assets/console.js", get(js))
         .route("/admin/ui/{*rest}", get(not_found).post(not_found))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(read_body_first))
         .with_state(console)
 }
 
@@ -103,6 +104,26 @@ async fn js() -> Response {
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// Largest request body the console reads (its forms are a few hundred bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+/// Reads the whole request body before any handler or extractor runs.
+///
+/// A refusal that comes before the body is read (no session: 401) would
+/// otherwise make hyper close the connection with the body still unread, and
+/// Envoy, which pools connections to this service, can race that close with
+/// the next request and answer it 503. With the body read first, every
+/// connection stays reusable.
+async fn read_body_first(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(_) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, [(header::CONNECTION, "close")], "request body too large").into_response()
+        }
+    }
 }
 
 /// Headers every console response carries: a strict Content-Security-Policy

@@ -147,8 +147,12 @@ impl FromRequestParts<std::sync::Arc<Console>> for Authed {
         if let Some(a) = cookie(&parts.headers, COOKIE).and_then(|id| c.sessions.get(id, Instant::now())) {
             return Ok(a);
         }
-        let page = parts.method == Method::GET || parts.method == Method::HEAD;
-        if page && !parts.uri.path().starts_with("/admin/ui/api/") {
+        let api = parts.uri.path().starts_with("/admin/ui/api/");
+        if api {
+            let body = serde_json::json!({"error": {"message": "Not logged in to the console.", "code": "no_session"}});
+            return Err((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response());
+        }
+        if parts.method == Method::GET || parts.method == Method::HEAD {
             return Err((StatusCode::SEE_OTHER, [(header::LOCATION, "/admin/ui/login")]).into_response());
         }
         let body = html::page(

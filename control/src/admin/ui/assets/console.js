@@ -1,6 +1,6 @@
 // Keybrake console: the little the server-rendered pages need from a browser.
 //  - expiry countdowns ([data-expires] = unix seconds), updated every second;
-//  - the copy button of a new vault key;
+//  - the copy button of a new vault key, and the question before revoking one key;
 //  - the activity chart on the audit page, drawn as SVG from
 //    /admin/ui/api/activity (same origin; the session cookie goes along).
 // No framework, no inline code (the Content-Security-Policy forbids it).
@@ -150,7 +150,17 @@
     section.dataset.loaded = "true";
   }
 
+  // Forms with data-confirm ask first (revoking one key); without JavaScript they go straight through.
+  function confirmations() {
+    document.querySelectorAll("form[data-confirm]").forEach((form) => {
+      form.addEventListener("submit", (e) => {
+        if (!window.confirm(form.dataset.confirm)) e.preventDefault();
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    confirmations();
     tick();
     setInterval(tick, 1000);
     copyButtons();
