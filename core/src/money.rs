@@ -121,7 +121,8 @@ pub fn to_usd_micros(minor: i64, exponent: u32, rate: UsdRate) -> Result<UsdMicr
     let num = i128::from(minor).checked_mul(rate.0).ok_or(MoneyError::Overflow)?;
     // pico-dollars -> micro-dollars is /10^6; minor -> major is /10^exponent.
     let den = 10i128.checked_pow(6 + exponent).ok_or(MoneyError::Overflow)?;
-    let micros = (num + den - 1) / den;
+    // Rounds up without `num + den - 1`, which overflows near i128::MAX.
+    let micros = num / den + i128::from(num % den != 0);
     i64::try_from(micros).map(UsdMicros).map_err(|_| MoneyError::Overflow)
 }
 
@@ -163,6 +164,12 @@ mod tests {
         assert_eq!(to_usd_micros(100, 2, third).unwrap(), UsdMicros(333_334));
         assert_eq!(UsdRate::parse("0.0067").unwrap().to_decimal_string(), "0.0067");
         assert!(UsdRate::parse("0").is_err());
+    }
+
+    #[test]
+    fn huge_amounts_overflow_cleanly() {
+        assert_eq!(to_usd_micros(i64::MAX, 0, UsdRate(i128::MAX / i128::from(i64::MAX))), Err(MoneyError::Overflow));
+        assert!(to_usd_micros(i64::MAX, 3, UsdRate(1)).is_ok());
     }
 
     proptest! {

@@ -140,7 +140,7 @@ impl Scope {
     /// Whether a normalised request (method, path) falls in this scope.
     /// Matching is exact and case-sensitive; `*` never matches an empty segment.
     pub fn matches(&self, method: Method, normalized_path: &str) -> bool {
-        if method != self.method {
+        if method != self.method || !normalized_path.starts_with('/') {
             return false;
         }
         let mut parts = normalized_path.split('/').skip(1);
@@ -149,7 +149,8 @@ impl Scope {
                 return false;
             };
             let ok = match want {
-                Segment::Any => !got.is_empty(),
+                // Never a dot segment, should an unnormalised path ever get here.
+                Segment::Any => !got.is_empty() && got != "." && got != "..",
                 Segment::Literal(l) => l == got,
             };
             if !ok {
@@ -215,6 +216,8 @@ mod tests {
         assert!(w.matches(Method::Get, "/v1/charges/ch_123"));
         assert!(!w.matches(Method::Get, "/v1/charges"));
         assert!(!w.matches(Method::Get, "/v1/charges/ch_1/refunds"));
+        assert!(!w.matches(Method::Get, "/v1/charges/.."));
+        assert!(!s.matches(Method::Post, "x/v1/charges"));
     }
 
     proptest! {
