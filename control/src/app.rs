@@ -13,6 +13,7 @@ use crate::calls::{begin_call, settle_call, Begun, CallPlan, Settled, Settlement
 use crate::clock::{day_of, Clock};
 use crate::denial::Denial;
 use crate::ids::new_id;
+use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
 use crate::model::{AuditEntry, KeyRecord, KeyState};
 use crate::revocation::Revocations;
@@ -43,6 +44,8 @@ pub struct App {
     pub store: Store,
     pub metrics: Metrics,
     pub revocations: Revocations,
+    /// Keys by hash, so deciding a call reads nothing (see key_cache.rs).
+    pub keys: KeyCache,
     /// Failed admin authentications per source.
     pub auth_failures: FailureLimiter,
     /// Envoy's admin address, for the console's gateway counters (`--envoy-admin-url`).
@@ -59,6 +62,7 @@ impl App {
             store,
             metrics: Metrics::new(),
             revocations: Revocations::new(new_id("replica"), 0),
+            keys: KeyCache::default(),
             auth_failures: FailureLimiter::default(),
             envoy_admin_url: None,
             vault,
@@ -111,7 +115,7 @@ impl App {
         };
         // Read before the key: a worker caches the answer only if it saw no later revocation.
         let generation = self.revocations.generation();
-        let key = match self.store.read(move |l| l.key_by_hash(&hash)).await {
+        let key = match self.key(hash).await {
             Ok(Some(key)) => key,
             Ok(None) => return self.refuse(context, None, Denial::KeyUnknown).await,
             Err(e) => {
@@ -224,6 +228,18 @@ impl App {
                 Err(StoreError::Unavailable("the store did not decide within the deadline".into()))
             }
         }
+    }
+
+    /// A key by hash: from the cache, else from the store (then cached).
+    async fn key(&self, hash: [u8; 32]) -> StoreResult<Option<KeyRecord>> {
+        if let Some(key) = self.keys.get(&hash) {
+            return Ok(Some(key));
+        }
+        let key = self.store.read(move |l| l.key_by_hash(&hash)).await?;
+        if let Some(k) = &key {
+            self.keys.insert(k.clone());
+        }
+        Ok(key)
     }
 
     /// Records a refusal made before any state was touched, then answers it.

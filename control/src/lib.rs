@@ -13,6 +13,7 @@ pub mod clock;
 pub mod denial;
 pub mod grpc;
 pub mod ids;
+pub mod key_cache;
 pub mod keys;
 pub mod metrics;
 pub mod model;

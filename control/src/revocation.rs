@@ -144,6 +144,8 @@ pub async fn relay(app: Arc<App>) {
         match store.read(move |l| l.revocations_after(after, 256)).await {
             Ok(rows) => {
                 for (generation, hashes) in rows {
+                    // Evicted before anyone acknowledges it (this replica's heartbeat below).
+                    app.keys.evict(&hashes);
                     hub.relayed.store(generation, Ordering::SeqCst);
                     let _ = hub.tx.send(Revocation {
                         generation: generation as u64,

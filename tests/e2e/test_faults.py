@@ -158,18 +158,30 @@ def test_restarting_envoy_under_load_charges_each_customer_once(fresh_stack):
 
 
 def test_a_full_disk_fails_closed_with_a_clear_error_and_recovers(fresh_stack, tmpfs):
+    """With the disk full, SQLite keeps writing into the space its WAL already
+    owns, so a few more calls may still be recorded — durably — and go through.
+    Once nothing can be recorded, every money-moving call is refused with a
+    clear error, and none is ever forwarded without its recorded intent."""
     fs = tmpfs("6m")
     s: Stack = fresh_stack(control_env={"KEYBRAKE_DATA_DIR": str(fs / "data")})
-    key = s.issue_key(label="disk-full")
+    key = s.issue_key(label="disk-full", daily_usd_cap=100000)
     assert charge(s, key["vault_key"], "cus_before").status_code == 200
     filler = fs / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until ENOSPC
+    codes = []
+    for i in range(400):
+        r = charge(s, key["vault_key"], f"cus_full_{i}")
+        codes.append(r.status_code)
+        if r.status_code != 200:
+            assert r.status_code == 503 and r.json()["error"]["code"] == "keybrake_storage_unavailable", r.text
+            break
+    assert codes[-1] == 503, "refusals start once nothing more can be recorded"
     before = s.upstream_counts()["charges_attempted"]
-    refused = [charge(s, key["vault_key"], f"cus_full_{i}") for i in range(5)]
-    for r in refused:
-        assert r.status_code == 503, r.text
-        assert r.json()["error"]["code"] == "keybrake_storage_unavailable"
+    for i in range(3):
+        r = charge(s, key["vault_key"], f"cus_still_full_{i}")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "keybrake_storage_unavailable"
     assert s.upstream_counts()["charges_attempted"] == before, "nothing forwarded unrecorded"
+    intents_cover_every_upstream_charge(s, key["id"])
     assert "full" in (s.workdir / "control.log").read_text().lower()
     filler.unlink()
     wait_for(lambda: charge(s, key["vault_key"], f"cus_after_{uuid.uuid4().hex[:6]}").status_code == 200,

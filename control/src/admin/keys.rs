@@ -177,6 +177,7 @@ async fn revoke_and_propagate(app: &App, selector: RevokeSelector) -> Result<Rev
             Ok((revoked, generation))
         })
         .await?;
+    app.keys.evict(&revoked.iter().map(|(_, h)| *h).collect::<Vec<_>>());
     let propagated = if generation == 0 {
         true
     } else {

@@ -134,6 +134,85 @@ pub trait Ledger {
     fn ping(&mut self) -> StoreResult<()>;
 }
 
+/// A value bound to a query built at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    Text(String),
+    Int(i64),
+}
+
+/// How a backend numbers its placeholders and spells a label-prefix match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl AuditQuery {
+    /// `SELECT ... FROM audit_log` with only the filters given, so the
+    /// planner can use the index of each (the sparse columns' partial indexes
+    /// apply because the clause repeats their condition).
+    pub fn to_sql(&self, columns: &str, dialect: Dialect) -> (String, Vec<SqlValue>) {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut values: Vec<SqlValue> = Vec::new();
+        let bind = |v: SqlValue, values: &mut Vec<SqlValue>| {
+            values.push(v);
+            match dialect {
+                Dialect::Sqlite => format!("?{}", values.len()),
+                Dialect::Postgres => format!("${}", values.len()),
+            }
+        };
+        let text = |s: &String| SqlValue::Text(s.clone());
+        if let Some(v) = &self.key_id {
+            clauses.push(format!("key_id = {}", bind(text(v), &mut values)));
+        }
+        if let Some(p) = &self.label_prefix {
+            // Through the keys' labels: audit rows copy their key's (immutable) label.
+            let labels = match dialect {
+                Dialect::Sqlite => {
+                    let lo = bind(text(p), &mut values);
+                    let hi = bind(text(p), &mut values);
+                    format!("label >= {lo} AND label < {hi} || char(1114111)")
+                }
+                Dialect::Postgres => format!("starts_with(label, {})", bind(text(p), &mut values)),
+            };
+            clauses.push(format!("key_id IN (SELECT id FROM vault_keys WHERE {labels})"));
+        }
+        if let Some(v) = &self.idempotency_key {
+            let a = bind(text(v), &mut values);
+            let b = bind(text(v), &mut values);
+            clauses.push(format!(
+                "((idempotency_key = {a} AND idempotency_key != '') OR \
+                 (forwarded_idempotency_key = {b} AND forwarded_idempotency_key != ''))"
+            ));
+        }
+        for (column, value) in [("fingerprint", &self.fingerprint), ("object_id", &self.object_id)] {
+            if let Some(v) = value {
+                clauses.push(format!("{column} = {} AND {column} != ''", bind(text(v), &mut values)));
+            }
+        }
+        for (column, value) in [("decision", &self.decision), ("call_id", &self.call_id)] {
+            if let Some(v) = value {
+                clauses.push(format!("{column} = {}", bind(text(v), &mut values)));
+            }
+        }
+        if let Some(v) = self.since_us {
+            clauses.push(format!("at_us >= {}", bind(SqlValue::Int(v), &mut values)));
+        }
+        if let Some(v) = self.until_us {
+            clauses.push(format!("at_us < {}", bind(SqlValue::Int(v), &mut values)));
+        }
+        if let Some(v) = self.cursor {
+            let cmp = if self.ascending { ">" } else { "<" };
+            clauses.push(format!("seq {cmp} {}", bind(SqlValue::Int(v), &mut values)));
+        }
+        let filter = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+        let order = if self.ascending { "ASC" } else { "DESC" };
+        let limit = bind(SqlValue::Int(self.limit as i64), &mut values);
+        (format!("SELECT {columns} FROM audit_log{filter} ORDER BY seq {order} LIMIT {limit}"), values)
+    }
+}
+
 /// Hex list of key hashes, as the revocations table stores them.
 pub fn hashes_to_text(hashes: &[[u8; 32]]) -> String {
     hashes.iter().map(|h| keybrake_core::fingerprint::to_hex(h)).collect::<Vec<_>>().join(",")

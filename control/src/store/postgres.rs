@@ -12,7 +12,10 @@ use postgres::error::SqlState;
 use postgres::{GenericClient, NoTls, Row};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{hashes_from_text, hashes_to_text, AuditQuery, KeyQuery, Ledger, RevokeSelector, StoreError, StoreResult};
+use super::{
+    hashes_from_text, hashes_to_text, AuditQuery, Dialect, KeyQuery, Ledger, RevokeSelector, SqlValue, StoreError,
+    StoreResult,
+};
 use crate::audit::chain;
 use crate::model::{
     AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState, KeyRecord,
@@ -725,36 +728,18 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
     }
 
     fn query_audit(&mut self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
-        let order = if q.ascending { "ASC" } else { "DESC" };
-        let cursor_cmp = if q.ascending { ">" } else { "<" };
-        let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE \
-             ($1::text IS NULL OR key_id = $1) AND ($2::text IS NULL OR starts_with(label, $2)) \
-             AND ($3::text IS NULL OR idempotency_key = $3 OR forwarded_idempotency_key = $3) \
-             AND ($4::text IS NULL OR fingerprint = $4) AND ($5::text IS NULL OR object_id = $5) \
-             AND ($6::text IS NULL OR decision = $6) AND ($7::text IS NULL OR call_id = $7) \
-             AND ($8::bigint IS NULL OR at_us >= $8) AND ($9::bigint IS NULL OR at_us < $9) \
-             AND ($10::bigint IS NULL OR seq {cursor_cmp} $10) ORDER BY seq {order} LIMIT $11"
-        );
-        let rows = self
-            .c
-            .query(
-                &sql,
-                &[
-                    &q.key_id,
-                    &q.label_prefix,
-                    &q.idempotency_key,
-                    &q.fingerprint,
-                    &q.object_id,
-                    &q.decision,
-                    &q.call_id,
-                    &q.since_us,
-                    &q.until_us,
-                    &q.cursor,
-                    &(q.limit as i64),
-                ],
-            )
-            .map_err(pg)?;
+        let (sql, values) = q.to_sql(AUDIT_COLUMNS, Dialect::Postgres);
+        let values: Vec<Box<dyn postgres::types::ToSql + Sync>> = values
+            .into_iter()
+            .map(|v| -> Box<dyn postgres::types::ToSql + Sync> {
+                match v {
+                    SqlValue::Text(t) => Box::new(t),
+                    SqlValue::Int(i) => Box::new(i),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+        let rows = self.c.query(&sql, &refs).map_err(pg)?;
         rows.iter().map(audit_from_row).collect()
     }
 

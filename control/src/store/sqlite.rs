@@ -11,7 +11,10 @@ use std::thread;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
-use super::{hashes_from_text, hashes_to_text, AuditQuery, KeyQuery, Ledger, RevokeSelector, StoreError, StoreResult};
+use super::{
+    hashes_from_text, hashes_to_text, AuditQuery, Dialect, KeyQuery, Ledger, RevokeSelector, SqlValue, StoreError,
+    StoreResult,
+};
 use crate::audit::chain::{self, GENESIS};
 use crate::model::{
     AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState, KeyRecord,
@@ -24,29 +27,29 @@ mod migrations {
 
 /// Most transactions folded into one commit.
 const MAX_GROUP: usize = 512;
-const READERS: usize = 4;
+/// Idle read connections kept (opening one parses the schema: reuse them).
+const READERS: usize = 32;
 
 /// A unit of work for the writer thread.
 trait WriteJob: Send {
     /// Whether the caller waits for an fsync (else for a commit not yet flushed).
     fn durable(&self) -> bool;
-    /// Runs the work; false when it failed (its savepoint is rolled back).
+    /// Runs the work (again, if its group was rolled back); false when it failed.
     fn run(&mut self, ledger: &mut dyn Ledger) -> bool;
-    fn fail(&mut self, error: StoreError);
     /// Delivers the result once the group's commit is known.
     fn finish(self: Box<Self>, commit: StoreResult<()>);
 }
 
 struct TypedJob<T, F> {
     durable: bool,
-    work: Option<F>,
+    work: F,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
 }
 
 impl<T, F> WriteJob for TypedJob<T, F>
 where
-    F: FnOnce(&mut dyn Ledger) -> StoreResult<T> + Send,
+    F: Fn(&mut dyn Ledger) -> StoreResult<T> + Send,
     T: Send,
 {
     fn durable(&self) -> bool {
@@ -54,17 +57,10 @@ where
     }
 
     fn run(&mut self, ledger: &mut dyn Ledger) -> bool {
-        let Some(work) = self.work.take() else {
-            return false;
-        };
-        let result = work(ledger);
+        let result = (self.work)(ledger);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
-    }
-
-    fn fail(&mut self, error: StoreError) {
-        self.result = Some(Err(error));
     }
 
     fn finish(self: Box<Self>, commit: StoreResult<()>) {
@@ -131,16 +127,34 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
         let mut conn = Connection::open(path).map_err(unavailable)?;
         conn.execute_batch(
-            // The writer is the only writer: a busy database means an outside
-            // tool holds it, and waiting long only delays the refusal.
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=1000; PRAGMA foreign_keys=ON;",
+            // Commits are NORMAL (no fsync); the writer fsyncs the WAL itself once
+            // per group before anyone waiting for durability hears back (see
+            // `commit_group`). Checkpoints run on their own connection and thread,
+            // off the writer's path. The writer is the only writer: a busy database
+            // means an outside tool holds it, and waiting long only delays the refusal.
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; \
+             PRAGMA busy_timeout=1000; PRAGMA foreign_keys=ON; PRAGMA cache_size=-65536; \
+             PRAGMA mmap_size=268435456; PRAGMA temp_store=MEMORY;",
         )
         .map_err(unavailable)?;
         migrations::migrations::runner().run(&mut conn).map_err(|e| unavailable(format!("migrations: {e}")))?;
+        let wal = wal_path(path);
+        // The WAL exists once a connection in WAL mode has written; make sure it does.
+        conn.execute_batch("PRAGMA user_version = user_version;").map_err(unavailable)?;
+        let wal_file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&wal)
+            .map_err(|e| unavailable(format!("{}: {e}", wal.display())))?;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         thread::Builder::new()
             .name("keybrake-sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx))
+            .spawn(move || run_writer(conn, wal_file, rx))
+            .map_err(unavailable)?;
+        let checkpointer = Connection::open(path).map_err(unavailable)?;
+        checkpointer.execute_batch("PRAGMA busy_timeout=1000;").map_err(unavailable)?;
+        thread::Builder::new()
+            .name("keybrake-sqlite-checkpoint".into())
+            .spawn(move || run_checkpoints(checkpointer))
             .map_err(unavailable)?;
         Ok(SqliteStore {
             writer: tx,
@@ -156,7 +170,7 @@ impl SqliteStore {
         T: Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let sent = self.writer.send(Box::new(TypedJob { durable, work: Some(f), result: None, reply }));
+        let sent = self.writer.send(Box::new(TypedJob { durable, work: f, result: None, reply }));
         async move {
             sent.map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?;
             rx.await.map_err(|_| StoreError::Unavailable("the SQLite writer stopped".into()))?
@@ -182,7 +196,24 @@ impl SqliteStore {
     }
 }
 
-fn run_writer(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Copies the WAL back into the database now and then, so it stays small.
+/// PASSIVE never waits for the writer or the readers.
+fn run_checkpoints(conn: Connection) {
+    loop {
+        thread::sleep(std::time::Duration::from_millis(500));
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+            tracing::warn!(error = %e, "SQLite checkpoint failed; will retry");
+        }
+    }
+}
+
+fn run_writer(conn: Connection, wal: std::fs::File, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
     // The audit chain's head, kept here so an append costs no query; restored
     // when a job rolls back, forgotten when a commit fails.
     let mut head: Option<(i64, String)> = None;
@@ -194,57 +225,83 @@ fn run_writer(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
-        // Jobs in one group never depend on each other across the two kinds: a
-        // settlement is only sent after its authorisation's group committed.
-        let (durable, applied): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.durable());
-        if !applied.is_empty() {
-            // Appended to the WAL without an fsync: visible to readers now,
-            // on disk with the next durable commit.
-            commit_group(&conn, "PRAGMA synchronous=NORMAL", applied, &mut head);
-        }
-        if !durable.is_empty() {
-            commit_group(&conn, "PRAGMA synchronous=FULL", durable, &mut head);
-        }
+        commit_group(&conn, &wal, jobs, &mut head);
     }
 }
 
-/// Runs `jobs` in one transaction (each in its own savepoint), commits, replies.
-fn commit_group(conn: &Connection, sync: &str, jobs: Vec<Box<dyn WriteJob>>, head: &mut Option<(i64, String)>) {
-    if let Err(e) = conn.execute_batch(sync).and_then(|()| conn.execute_batch("BEGIN IMMEDIATE")) {
-        let e = unavailable(e);
-        for job in jobs {
-            job.finish(Err(StoreError::Unavailable(e.to_string())));
-        }
-        return;
-    }
+/// Runs one transaction-control statement from the statement cache (no re-parse).
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// Runs `jobs` in one transaction and commits without an fsync: the ones that
+/// only need a commit hear back at once. Then one fsync of the WAL makes the
+/// group durable for the others — one fsync per group however many
+/// transactions it holds. A job that fails rolls the group back; the others
+/// run again without it (jobs are re-runnable), so no savepoint is needed on
+/// the common path.
+fn commit_group(
+    conn: &Connection,
+    wal: &std::fs::File,
+    jobs: Vec<Box<dyn WriteJob>>,
+    head: &mut Option<(i64, String)>,
+) {
     let mut jobs = jobs;
-    for job in jobs.iter_mut() {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-            job.fail(unavailable(e));
-            continue;
+    let mut failed = vec![false; jobs.len()];
+    loop {
+        if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+            let e = unavailable(e);
+            for job in jobs {
+                job.finish(Err(StoreError::Unavailable(e.to_string())));
+            }
+            return;
         }
-        let head_before = head.clone();
-        let ok = job.run(&mut SqliteLedger { conn, head });
-        if !ok {
-            *head = head_before;
-        }
-        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-        if let Err(e) = conn.execute_batch(end) {
-            job.fail(unavailable(e));
-            *head = None;
+        let failure = jobs.iter_mut().enumerate().filter(|(i, _)| !failed[*i]).find_map(|(i, job)| {
+            let ok = job.run(&mut SqliteLedger { conn, head });
+            (!ok).then_some(i)
+        });
+        match failure {
+            Some(i) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                *head = None;
+                if let Some(f) = failed.get_mut(i) {
+                    *f = true;
+                }
+            }
+            None => break,
         }
     }
-    let commit = conn.execute_batch("COMMIT").map_err(unavailable);
+    let commit = control(conn, "COMMIT").map_err(unavailable);
     if commit.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
         *head = None;
     }
-    for job in jobs {
-        let c = match &commit {
-            Ok(()) => Ok(()),
-            Err(e) => Err(StoreError::Unavailable(e.to_string())),
-        };
-        job.finish(c);
+    let mut durable = Vec::new();
+    for (job, failed) in jobs.into_iter().zip(failed) {
+        if failed {
+            job.finish(Ok(())); // delivers the job's own error
+        } else if job.durable() {
+            durable.push(job);
+        } else {
+            job.finish(clone_result(&commit));
+        }
+    }
+    if durable.is_empty() {
+        return;
+    }
+    let synced = match &commit {
+        Ok(()) => wal.sync_data().map_err(|e| unavailable(format!("fsync of the WAL: {e}"))),
+        Err(e) => Err(StoreError::Unavailable(e.to_string())),
+    };
+    for job in durable {
+        job.finish(clone_result(&synced));
+    }
+}
+
+fn clone_result(r: &StoreResult<()>) -> StoreResult<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(e.to_string())),
     }
 }
 
@@ -795,36 +852,15 @@ impl Ledger for SqliteLedger<'_> {
     }
 
     fn query_audit(&mut self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
-        let order = if q.ascending { "ASC" } else { "DESC" };
-        let cursor_cmp = if q.ascending { ">" } else { "<" };
-        let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE \
-             (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR substr(label, 1, length(?2)) = ?2) \
-             AND (?3 IS NULL OR idempotency_key = ?3 OR forwarded_idempotency_key = ?3) \
-             AND (?4 IS NULL OR fingerprint = ?4) AND (?5 IS NULL OR object_id = ?5) AND (?6 IS NULL OR decision = ?6) \
-             AND (?7 IS NULL OR call_id = ?7) AND (?8 IS NULL OR at_us >= ?8) AND (?9 IS NULL OR at_us < ?9) \
-             AND (?10 IS NULL OR seq {cursor_cmp} ?10) ORDER BY seq {order} LIMIT ?11"
-        );
+        let (sql, values) = q.to_sql(AUDIT_COLUMNS, Dialect::Sqlite);
+        let values = values.into_iter().map(|v| match v {
+            SqlValue::Text(t) => rusqlite::types::Value::Text(t),
+            SqlValue::Int(i) => rusqlite::types::Value::Integer(i),
+        });
         self.conn
             .prepare_cached(&sql)
             .and_then(|mut s| {
-                s.query_map(
-                    params![
-                        q.key_id,
-                        q.label_prefix,
-                        q.idempotency_key,
-                        q.fingerprint,
-                        q.object_id,
-                        q.decision,
-                        q.call_id,
-                        q.since_us,
-                        q.until_us,
-                        q.cursor,
-                        q.limit as i64
-                    ],
-                    audit_from_row,
-                )?
-                .collect::<Result<Vec<_>, _>>()
+                s.query_map(rusqlite::params_from_iter(values), audit_from_row)?.collect::<Result<Vec<_>, _>>()
             })
             .map_err(sql_error)
     }
