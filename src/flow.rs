@@ -272,9 +272,8 @@ impl Flow {
             return;
         };
         host.set_request_header("authorization", Some(&allow.upstream_authorization));
-        let raw_path = header(&host.request_headers(), ":path").map(str::to_owned);
         let path = incoming.forwarded_path();
-        if raw_path.as_deref() != Some(path.as_str()) {
+        if incoming.raw_path != path {
             host.set_request_header(":path", Some(&path));
         }
         if incoming.method_rewritten {

@@ -34,33 +34,47 @@ mod entry {
 }
 
 /// Counter ids, defined on first use (Envoy shows them as `wasmcustom.keybrake.*`).
+/// The plain counters are looked up by position: nothing is allocated per request.
 #[derive(Default)]
 struct Metrics {
-    ids: HashMap<String, u32>,
+    plain: [Option<u32>; Counter::ALL.len()],
+    by_reason: HashMap<(Counter, String), u32>,
 }
 
 impl Metrics {
-    fn increment(&mut self, name: String) {
-        self.add(name, 1);
-    }
-
-    fn add(&mut self, name: String, by: i64) {
-        let id = match self.ids.get(&name) {
-            Some(id) => *id,
-            None => match hc::define_metric(MetricType::Counter, &name) {
-                Ok(id) => {
-                    self.ids.insert(name, id);
-                    id
-                }
+    fn add(&mut self, counter: Counter, by: i64) {
+        let slot = Counter::ALL.iter().position(|c| *c == counter);
+        let Some(cached) = slot.and_then(|i| self.plain.get_mut(i)) else { return };
+        let id = match *cached {
+            Some(id) => id,
+            None => match hc::define_metric(MetricType::Counter, counter_name(counter)) {
+                Ok(id) => *cached.insert(id),
                 Err(_) => return,
             },
         };
         let _ = hc::increment_metric(id, by);
     }
+
+    fn add_reason(&mut self, counter: Counter, reason: &str) {
+        let id = match self.by_reason.get(&(counter, reason.to_owned())) {
+            Some(id) => *id,
+            None => {
+                let clean = reason.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
+                match hc::define_metric(MetricType::Counter, &format!("{}.reason.{clean}", counter_name(counter))) {
+                    Ok(id) => {
+                        self.by_reason.insert((counter, reason.to_owned()), id);
+                        id
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = hc::increment_metric(id, 1);
+    }
 }
 
-fn metric_name(counter: Counter, reason: Option<&str>) -> String {
-    let base = match counter {
+fn counter_name(counter: Counter) -> &'static str {
+    match counter {
         Counter::Allowed => "keybrake.requests_allowed",
         Counter::Denied => "keybrake.requests_denied",
         Counter::Replayed => "keybrake.requests_replayed",
@@ -69,10 +83,6 @@ fn metric_name(counter: Counter, reason: Option<&str>) -> String {
         Counter::DecidedLocally => "keybrake.requests_decided_locally",
         Counter::OutboxQueued => "keybrake.outbox_queued",
         Counter::OutboxDelivered => "keybrake.outbox_delivered",
-    };
-    match reason {
-        Some(r) => format!("{base}.reason.{}", r.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_")),
-        None => base.to_owned(),
     }
 }
 
@@ -104,7 +114,7 @@ impl Root {
         };
         for _ in self.reported_drops..outbox.dropped {
             if let Ok(mut m) = self.metrics.try_borrow_mut() {
-                m.increment(metric_name(Counter::AuditDropped, None));
+                m.add(Counter::AuditDropped, 1);
             }
         }
         self.reported_drops = outbox.dropped;
@@ -197,7 +207,7 @@ impl Context for Root {
                 if status == 0 {
                     let n = batch.records.len() + batch.orphaned_settlements.len();
                     if let Ok(mut m) = self.metrics.try_borrow_mut() {
-                        m.add(metric_name(Counter::OutboxDelivered, None), n as i64);
+                        m.add(Counter::OutboxDelivered, n as i64);
                     }
                     self.backoff.succeeded();
                     // Delivered: send the next batch now rather than at the next tick.
@@ -406,27 +416,14 @@ impl Host for EnvoyHost {
     }
 
     fn new_call_id(&mut self) -> String {
-        // Envoy's request id (a UUID) varies per request even across VMs with equal seeds.
-        let request_id = hc::get_property(vec!["request", "id"]).ok().flatten().unwrap_or_default();
-        match self.ids.try_borrow_mut() {
-            Ok(mut ids) => {
-                let id = ids.fresh();
-                if request_id.is_empty() {
-                    id
-                } else {
-                    let mut mixed = CallIds::seeded(&[id.as_bytes(), &request_id].concat());
-                    mixed.fresh()
-                }
-            }
-            Err(_) => CallIds::seeded(&request_id).fresh(),
-        }
+        self.ids.try_borrow_mut().map(|mut ids| ids.fresh()).unwrap_or_else(|_| CallIds::seeded(b"busy").fresh())
     }
 
     fn count(&mut self, counter: Counter, reason: Option<&str>) {
         if let Ok(mut m) = self.metrics.try_borrow_mut() {
-            m.increment(metric_name(counter, None));
-            if reason.is_some() {
-                m.increment(metric_name(counter, reason));
+            m.add(counter, 1);
+            if let Some(r) = reason {
+                m.add_reason(counter, r);
             }
         }
     }

@@ -46,6 +46,19 @@ pub enum Counter {
     OutboxDelivered,
 }
 
+impl Counter {
+    pub const ALL: [Counter; 8] = [
+        Counter::Allowed,
+        Counter::Denied,
+        Counter::Replayed,
+        Counter::CalloutFailed,
+        Counter::DecidedLocally,
+        Counter::AuditDropped,
+        Counter::OutboxQueued,
+        Counter::OutboxDelivered,
+    ];
+}
+
 /// Host services for one HTTP stream.
 pub trait Host {
     fn request_headers(&self) -> Vec<(String, String)>;

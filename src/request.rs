@@ -27,6 +27,8 @@ pub struct Incoming {
     /// Whether the client wrote the method in another case (the canonical one is forwarded).
     pub method_rewritten: bool,
     pub target: Target,
+    /// The `:path` as received (the canonical one is forwarded when they differ).
+    pub raw_path: String,
     pub key_hash: KeyHash,
     pub stripe_account: String,
     pub idempotency_key: String,
@@ -84,6 +86,7 @@ impl Incoming {
             method,
             method_rewritten: raw_method != method.as_str(),
             target,
+            raw_path: raw_path.to_owned(),
             key_hash: key.hash(),
             stripe_account: single(headers, "stripe-account", MAX_ACCOUNT_LEN)?,
             idempotency_key: single(headers, "idempotency-key", MAX_IDEMPOTENCY_KEY_LEN)?,
