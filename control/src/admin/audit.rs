@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::error::{AdminQuery, ErrorBody};
+use super::error::{AdminErrors, AdminQuery};
 use super::{AdminError, Principal};
 use crate::app::App;
 use crate::audit::{verify as verify_chain, AuditView};
@@ -104,11 +104,7 @@ impl Params {
 #[utoipa::path(get, path = "/admin/audit", tag = "audit", params(Params),
     responses((status = 200, description = "A page of records (JSON), or every matching record as JSON Lines with format=jsonl",
             content((Page = "application/json"), (String = "application/x-ndjson"))),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// Query the audit log (admin key, or an audit-scoped vault key).
 pub async fn query(
     State(app): State<Arc<App>>,
@@ -172,11 +168,7 @@ fn export(app: Arc<App>, mut q: AuditQuery) -> Response {
 
 #[utoipa::path(get, path = "/admin/audit/verify", tag = "audit",
     responses((status = 200, description = "The chain walked from the first row", body = crate::audit::ChainReport),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// Walk the hash chain and report the first broken row.
 pub async fn verify(State(app): State<Arc<App>>, Extension(p): Extension<Principal>) -> Result<Response, AdminError> {
     if !matches!(p, Principal::Admin) {

@@ -102,6 +102,29 @@ pub struct ErrorDetail {
     param: Option<String>,
 }
 
+/// The errors every admin operation may answer, for the OpenAPI document.
+pub struct AdminErrors;
+
+impl utoipa::IntoResponses for AdminErrors {
+    fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        [
+            ("400", "Invalid request"),
+            ("401", "Missing or invalid admin key"),
+            ("403", "Not allowed for this key"),
+            ("429", "Too many failed authentication attempts"),
+            ("503", "Storage unavailable"),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+            let response = ResponseBuilder::new().description(description).content("application/json", body).build();
+            (status.to_owned(), response.into())
+        })
+        .collect()
+    }
+}
+
 /// `Query<T>` whose rejection is a Stripe-shaped 400 (axum's own is plain text).
 pub struct AdminQuery<T>(pub T);
 

@@ -10,7 +10,7 @@ use keybrake_core::currency::Currency;
 use keybrake_core::money::UsdRate;
 use serde::{Deserialize, Serialize};
 
-use super::error::{parse_json, ErrorBody};
+use super::error::{parse_json, AdminErrors};
 use super::{AdminError, Principal};
 use crate::app::App;
 use crate::keys::DecimalText;
@@ -68,11 +68,7 @@ impl SetRates {
 
 #[utoipa::path(get, path = "/admin/fx_rates", tag = "fx",
     responses((status = 200, description = "The rates in use", body = Rates),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// The FX table.
 pub async fn list(State(app): State<Arc<App>>, Extension(p): Extension<Principal>) -> Result<Json<Rates>, AdminError> {
     if !matches!(p, Principal::Admin) {
@@ -84,11 +80,7 @@ pub async fn list(State(app): State<Arc<App>>, Extension(p): Extension<Principal
 
 #[utoipa::path(put, path = "/admin/fx_rates", tag = "fx", request_body = SetRates,
     responses((status = 200, description = "The rates in use after the change", body = Rates),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// Sets (adds or replaces) rates; currencies not named keep theirs.
 pub async fn set(
     State(app): State<Arc<App>>,

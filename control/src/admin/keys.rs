@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::error::{parse_json, AdminQuery, ErrorBody};
+use super::error::{parse_json, AdminErrors, AdminQuery, ErrorBody};
 use super::{AdminError, Principal};
 use crate::app::App;
 use crate::clock::{day_of, day_text};
@@ -37,11 +37,7 @@ pub struct Created {
 
 #[utoipa::path(post, path = "/admin/vault_keys", tag = "vault keys", request_body = CreateKey,
     responses((status = 201, description = "Issued", body = Created),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// Issue a vault key.
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -95,11 +91,7 @@ async fn views(app: &App, keys: Vec<KeyRecord>) -> Result<Vec<KeyView>, AdminErr
 
 #[utoipa::path(get, path = "/admin/vault_keys", tag = "vault keys", params(ListParams),
     responses((status = 200, description = "Keys, never their secrets", body = KeyList),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// List vault keys.
 pub async fn list(
     State(app): State<Arc<App>>,
@@ -127,11 +119,7 @@ async fn one(app: &App, id: String) -> Result<KeyView, AdminError> {
 #[utoipa::path(get, path = "/admin/vault_keys/{id}", tag = "vault keys", params(("id" = String, Path, description = "Key id (key_...)")),
     responses((status = 200, description = "The key with its spend today", body = KeyView),
         (status = 404, description = "No such key", body = ErrorBody),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// Show one vault key.
 pub async fn show(
     State(app): State<Arc<App>>,
@@ -145,11 +133,7 @@ pub async fn show(
 #[utoipa::path(delete, path = "/admin/vault_keys/{id}", tag = "vault keys", params(("id" = String, Path, description = "Key id (key_...)")),
     responses((status = 200, description = "Revoked", body = KeyView),
         (status = 404, description = "No such key", body = ErrorBody),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// Revoke one key at once: the next request with it is refused.
 pub async fn revoke(
     State(app): State<Arc<App>>,
@@ -217,11 +201,7 @@ pub struct Revoked {
 
 #[utoipa::path(post, path = "/admin/vault_keys/revoke", tag = "vault keys", request_body = RevokePrefix,
     responses((status = 200, description = "Revoked", body = Revoked),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// The kill switch: revoke every active key whose label starts with the prefix.
 pub async fn revoke_prefix(
     State(app): State<Arc<App>>,
@@ -265,11 +245,7 @@ pub struct Usage {
 
 #[utoipa::path(get, path = "/admin/usage", tag = "vault keys",
     responses((status = 200, description = "Keys with spend today, most spent first", body = Usage),
-        (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 401, description = "Missing or invalid admin key", body = ErrorBody),
-        (status = 403, description = "Not allowed for this key", body = ErrorBody),
-        (status = 429, description = "Too many failed authentication attempts", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody)))]
+        AdminErrors))]
 /// Keys with spend today, most spent first.
 pub async fn usage(State(app): State<Arc<App>>, Extension(p): Extension<Principal>) -> Result<Json<Usage>, AdminError> {
     require_admin(&p)?;
