@@ -53,6 +53,24 @@ fn allow(settle: bool, forwarded: &str) -> Verdict {
 
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 
+/// A `POST /v1/charges` with `body`, read and sent to Authorize (token 1).
+fn asked_charge(body: &[u8]) -> (Flow, MockHost, Rc<RefCell<Outbox>>) {
+    let (mut flow, mut host, outbox) = setup("POST", "/stripe/v1/charges", &[FORM]);
+    host.request_body = body.to_vec();
+    flow.on_request_headers(&mut host, false);
+    let n = host.request_body.len();
+    flow.on_request_body(&mut host, n, true);
+    (flow, host, outbox)
+}
+
+/// ... and allowed with a settlement owed (call id `call_1`), so it is forwarded.
+fn forwarded_charge() -> (Flow, MockHost, Rc<RefCell<Outbox>>) {
+    let (mut flow, mut host, outbox) = asked_charge(b"amount=1&currency=usd");
+    reply(&mut host, allow(true, ""));
+    flow.on_grpc_response(&mut host, 1, 0, 0);
+    (flow, host, outbox)
+}
+
 #[test]
 fn other_routes_pass_untouched() {
     let (mut flow, mut host, outbox) = setup("GET", "/admin/vault_keys", &[]);
@@ -154,13 +172,7 @@ fn a_charge_is_priced_held_and_settled_before_the_response_goes_back() {
 
 #[test]
 fn a_denial_is_a_stripe_error_and_nothing_is_forwarded() {
-    let (mut flow, mut host, outbox) = setup("POST", "/stripe/v1/charges", &[FORM]);
-    host.request_body = b"amount=299900&currency=usd".to_vec();
-    flow.on_request_headers(&mut host, false);
-    {
-        let n = host.request_body.len();
-        flow.on_request_body(&mut host, n, true)
-    };
+    let (mut flow, mut host, outbox) = asked_charge(b"amount=299900&currency=usd");
     reply(
         &mut host,
         Verdict::Deny(wire::Deny {
@@ -185,13 +197,7 @@ fn a_denial_is_a_stripe_error_and_nothing_is_forwarded() {
 
 #[test]
 fn a_replay_is_answered_locally() {
-    let (mut flow, mut host, _) = setup("POST", "/stripe/v1/charges", &[FORM]);
-    host.request_body = b"amount=1&currency=usd".to_vec();
-    flow.on_request_headers(&mut host, false);
-    {
-        let n = host.request_body.len();
-        flow.on_request_body(&mut host, n, true)
-    };
+    let (mut flow, mut host, _) = asked_charge(b"amount=1&currency=usd");
     reply(
         &mut host,
         Verdict::Replay(wire::Replay {
@@ -211,13 +217,7 @@ fn a_replay_is_answered_locally() {
 #[test]
 fn fails_closed_when_the_control_service_does_not_answer() {
     for grpc_status in [14u32, 4] {
-        let (mut flow, mut host, outbox) = setup("POST", "/stripe/v1/charges", &[FORM]);
-        host.request_body = b"amount=1&currency=usd".to_vec();
-        flow.on_request_headers(&mut host, false);
-        {
-            let n = host.request_body.len();
-            flow.on_request_body(&mut host, n, true)
-        };
+        let (mut flow, mut host, outbox) = asked_charge(b"amount=1&currency=usd");
         flow.on_grpc_response(&mut host, 1, grpc_status, 0);
         assert_eq!(host.local_reply.as_ref().unwrap().0, 503);
         assert_eq!(host.reply_json()["error"]["type"], "api_error");
@@ -292,15 +292,7 @@ fn a_body_over_the_limit_is_refused_while_streaming() {
 
 #[test]
 fn an_upstream_timeout_is_settled_as_uncertain() {
-    let (mut flow, mut host, _) = setup("POST", "/stripe/v1/charges", &[FORM]);
-    host.request_body = b"amount=1&currency=usd".to_vec();
-    flow.on_request_headers(&mut host, false);
-    {
-        let n = host.request_body.len();
-        flow.on_request_body(&mut host, n, true)
-    };
-    reply(&mut host, allow(true, ""));
-    flow.on_grpc_response(&mut host, 1, 0, 0);
+    let (mut flow, mut host, _) = forwarded_charge();
     host.response_headers = vec![(":status".into(), "504".into())];
     host.code_details = Some("upstream_response_timeout".into());
     assert_eq!(flow.on_response_headers(&mut host, true), Step::Pause);
@@ -310,15 +302,7 @@ fn an_upstream_timeout_is_settled_as_uncertain() {
 
 #[test]
 fn a_stream_that_dies_after_forwarding_leaves_an_uncertain_settlement_in_the_outbox() {
-    let (mut flow, mut host, outbox) = setup("POST", "/stripe/v1/charges", &[FORM]);
-    host.request_body = b"amount=1&currency=usd".to_vec();
-    flow.on_request_headers(&mut host, false);
-    {
-        let n = host.request_body.len();
-        flow.on_request_body(&mut host, n, true)
-    };
-    reply(&mut host, allow(true, ""));
-    flow.on_grpc_response(&mut host, 1, 0, 0);
+    let (mut flow, mut host, outbox) = forwarded_charge();
     flow.on_log(&mut host);
     let batch = outbox.borrow_mut().take_batch(10).unwrap();
     assert_eq!(batch.orphaned_settlements[0].outcome, Outcome::Uncertain as i32);
@@ -327,15 +311,7 @@ fn a_stream_that_dies_after_forwarding_leaves_an_uncertain_settlement_in_the_out
 
 #[test]
 fn a_failed_settle_releases_the_response_and_queues_the_settlement() {
-    let (mut flow, mut host, outbox) = setup("POST", "/stripe/v1/charges", &[FORM]);
-    host.request_body = b"amount=1&currency=usd".to_vec();
-    flow.on_request_headers(&mut host, false);
-    {
-        let n = host.request_body.len();
-        flow.on_request_body(&mut host, n, true)
-    };
-    reply(&mut host, allow(true, ""));
-    flow.on_grpc_response(&mut host, 1, 0, 0);
+    let (mut flow, mut host, outbox) = forwarded_charge();
     host.response_headers = vec![(":status".into(), "402".into())];
     host.code_details = Some("via_upstream".into());
     flow.on_response_headers(&mut host, true);
