@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Keybrake's test command (what CI runs): set-up, formatting, lints (native and
-# wasm), unit and property tests, then the end-to-end tests against a real
+# wasm), unit and property tests, a short fuzzing run, then the end-to-end tests against a real
 # Envoy, the real control service and a Stripe stand-in, all on loopback.
 #   scripts/test.sh              everything
 #   scripts/test.sh -k charge    extra arguments go to pytest
@@ -26,5 +26,7 @@ cargo test --workspace --quiet
 step "build"
 scripts/build-filter.sh
 cargo build --quiet -p keybrake-control
+step "fuzzing (known reproducers, then 20 s per parser)"
+scripts/fuzz.sh 20
 step "end-to-end tests"
 .venv/bin/pytest "$@"

@@ -11,7 +11,7 @@
 //!   7 days, caps of at most $1e9 that the API shows back as the same
 //!   decimal, `acct_` account ids.
 //! - Accepted FX rates are lower-case three-letter codes other than `usd`,
-//!   with positive rates in canonical decimal text and the date given.
+//!   with positive rates in canonical decimal text.
 #![no_main]
 
 use std::str::FromStr;
@@ -64,7 +64,6 @@ fuzz_target!(|data: &[u8]| {
                 Err(e) => panic!("stored rate {:?} does not parse: {e}", r.usd_per_unit),
             };
             assert_eq!(rate.to_decimal_string(), r.usd_per_unit);
-            assert_eq!(r.as_of.len(), 10, "as_of {:?}", r.as_of);
         }
     }
 });

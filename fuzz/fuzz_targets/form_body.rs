@@ -23,9 +23,7 @@ fuzz_target!(|data: &[u8]| {
     // Canonical round trip.
     let canon = params.canonical();
     assert!(
-        canon
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~[]%=&".contains(&b)),
+        canon.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~[]%=&".contains(&b)),
         "canonical form has a byte that should be encoded: {canon:?}"
     );
     let again = match FormParams::parse(canon.as_bytes()) {
@@ -72,10 +70,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = params.get("amount");
 
     // array_indices over every key's name and the names pricing uses.
-    let mut prefixes: Vec<&str> = pairs
-        .iter()
-        .map(|(k, _)| k.split('[').next().unwrap_or(k))
-        .collect();
+    let mut prefixes: Vec<&str> = pairs.iter().map(|(k, _)| k.split('[').next().unwrap_or(k)).collect();
     prefixes.extend(["line_items", "", "expand", raw.as_ref()]);
     for prefix in prefixes {
         let indices = params.array_indices(prefix);

@@ -10,8 +10,9 @@
 //!   the path the scope check saw is the path the upstream reads.
 //! - `Scope::from_str` never panics; its `Display` round-trips.
 //! - A scope matches only its own method, and only normalised paths without
-//!   `..`: a scope without `*` matches exactly its own path; any path a scope
-//!   matches after normalisation is a fixed point of `normalize`.
+//!   `..`, even when handed raw text: what it matches starts with `/` and has
+//!   no empty, `.` or `..` segment (`*` included); a scope without `*`
+//!   matches exactly its own path.
 #![no_main]
 
 #[path = "common.rs"]
@@ -30,19 +31,13 @@ fn check_target(raw: &str, t: &Target) {
     if t.path != "/" {
         assert!(!t.path.ends_with('/'), "{raw:?} -> {t:?}");
         for seg in t.path.split('/').skip(1) {
-            assert!(
-                !seg.is_empty() && seg != "." && seg != "..",
-                "{raw:?} -> {t:?} has segment {seg:?}"
-            );
+            assert!(!seg.is_empty() && seg != "." && seg != "..", "{raw:?} -> {t:?} has segment {seg:?}");
         }
     }
     // Idempotent on the path alone.
     assert_eq!(
         normalize(&t.path),
-        Ok(Target {
-            path: t.path.clone(),
-            query: None
-        }),
+        Ok(Target { path: t.path.clone(), query: None }),
         "normalize is not idempotent: {raw:?} -> {:?}",
         t.path
     );
@@ -68,21 +63,19 @@ fn check_scope(scope_text: &str, scope: &Scope, raw: &str) {
     let has_wildcard = path.split('/').any(|s| s == "*");
 
     // The scope's own path (ids filled in) is normalised and in scope.
-    let filled = path
-        .split('/')
-        .map(|s| if s == "*" { "id_1" } else { s })
-        .collect::<Vec<_>>()
-        .join("/");
-    assert_eq!(
-        normalize(&filled).map(|t| t.path).as_deref(),
-        Ok(filled.as_str())
-    );
+    let filled = path.split('/').map(|s| if s == "*" { "id_1" } else { s }).collect::<Vec<_>>().join("/");
+    assert_eq!(normalize(&filled).map(|t| t.path).as_deref(), Ok(filled.as_str()));
     assert!(scope.matches(scope.method(), &filled), "{shown:?} vs {filled:?}");
 
     for m in METHODS {
-        // Raw text handed to `matches` (a caller error, but it must not widen scope).
+        // Raw text handed to `matches` (the admin API does so with the raw
+        // URI path): it must still match only normalised paths.
         if scope.matches(m, raw) {
             assert_eq!(m, scope.method());
+            assert!(
+                raw.starts_with('/') && raw.split('/').skip(1).all(|s| !s.is_empty() && s != "." && s != ".."),
+                "{shown:?} matched {raw:?}, which is not a normalised path"
+            );
             if !has_wildcard {
                 assert_eq!(raw, path, "{shown:?} matched {raw:?}");
             }

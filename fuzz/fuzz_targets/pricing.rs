@@ -53,32 +53,21 @@ fn check(method: Method, path: &str, params: &FormParams) {
     // Encoding independence.
     let canonical = FormParams::parse(params.canonical().as_bytes());
     assert_eq!(canonical.as_ref().map(|p| price(method, path, p)).ok(), Some(result.clone()));
-    let verbose: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{}={}", common::pct_encode(k), common::pct_encode(v)))
-        .collect();
+    let verbose: Vec<String> =
+        params.iter().map(|(k, v)| format!("{}={}", common::pct_encode(k), common::pct_encode(v))).collect();
     let verbose = FormParams::parse(verbose.join("&").as_bytes());
     assert_eq!(verbose.as_ref().map(|p| price(method, path, p)).ok(), Some(result));
 }
 
 fn check_charge_monotone(params: &FormParams, delta: u64) {
-    let Ok(Price::Amount {
-        minor: a,
-        currency,
-        ..
-    }) = price(Method::Post, "/v1/charges", params)
-    else {
+    let Ok(Price::Amount { minor: a, currency, .. }) = price(Method::Post, "/v1/charges", params) else {
         return;
     };
     assert!(matches!(currency, CurrencySource::Given(_)));
     for b in [a.saturating_add(delta as i64 % 1_000_000_000_000), a / 2, 0, a] {
         let other = with_amount(params, &b.to_string());
         match price(Method::Post, "/v1/charges", &other) {
-            Ok(Price::Amount {
-                minor,
-                currency: c,
-                ..
-            }) => {
+            Ok(Price::Amount { minor, currency: c, .. }) => {
                 assert_eq!(c, currency);
                 assert_eq!(minor, b);
                 assert_eq!(a <= b, a <= minor, "amount {a} -> {b} priced {minor}");
@@ -113,10 +102,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = price(Method::Post, "/v1/charges", &params) {
         assert!(matches!(p, Price::Amount { .. }), "a charge priced as {p:?}");
     }
-    let delta = data
-        .iter()
-        .rev()
-        .take(8)
-        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let delta = data.iter().rev().take(8).fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
     check_charge_monotone(&params, delta);
 });

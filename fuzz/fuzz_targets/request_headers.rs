@@ -18,8 +18,10 @@
 //! - An accepted request's target is normalised, and the path forwarded
 //!   upstream (`forwarded_path`) reads, after the route prefix, as exactly
 //!   the target that was checked and priced.
-//! - POSTs carry no query; `method_rewritten` says whether the method was
-//!   written otherwise; header values kept are within their limits.
+//! - POSTs carry no query; a query holds no method override (`_method`) and
+//!   no vault key however it is percent-encoded; `method_rewritten` says
+//!   whether the method was written otherwise; header values kept are within
+//!   their limits.
 //! - A priced body has a 64-hex-digit fingerprint; GET and DELETE are free;
 //!   the canonical encoding of the body prices and fingerprints the same.
 #![no_main]
@@ -64,19 +66,13 @@ fuzz_target!(|data: &[u8]| {
     let headers: Vec<(String, String)> = lines
         .map(|line| {
             // Pseudo-headers start with ':'; the name ends at the next one.
-            let split = line
-                .char_indices()
-                .skip(1)
-                .find(|&(_, c)| c == ':')
-                .map(|(i, _)| i);
+            let split = line.char_indices().skip(1).find(|&(_, c)| c == ':').map(|(i, _)| i);
             let (name, value) = match split {
                 Some(i) => (&line[..i], &line[i + 1..]),
                 None => (line, ""),
             };
             let value = value.strip_prefix(' ').unwrap_or(value);
-            let value = value
-                .replace("{vk-basic}", &basic)
-                .replace("{vk}", key.expose());
+            let value = value.replace("{vk-basic}", &basic).replace("{vk}", key.expose());
             (name.to_owned(), value)
         })
         .collect();
@@ -106,18 +102,21 @@ fuzz_target!(|data: &[u8]| {
         Ok(t),
         "forwarded {forwarded:?} reads differently upstream than the checked target"
     );
-    assert_eq!(
-        config.route_for(&forwarded).map(|(r, _)| r.prefix.as_str()),
-        Some(incoming.prefix.as_str())
-    );
+    assert_eq!(config.route_for(&forwarded).map(|(r, _)| r.prefix.as_str()), Some(incoming.prefix.as_str()));
     if incoming.method == Method::Post {
         assert_eq!(t.query, None);
     }
-    let raw_method = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(":method"))
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_default();
+    // The query's refusals hold however the query is encoded: no method
+    // override (`_method`) and no vault key, as a server decodes them.
+    if let Some(q) = &t.query {
+        for pair in q.split('&') {
+            let key = common::form_decode(pair.split('=').next().unwrap_or_default());
+            assert!(!key.eq_ignore_ascii_case("_method"), "query {q:?} carries a method override");
+        }
+        assert!(!common::form_decode(q).contains("vk_"), "query {q:?} carries a vault key");
+    }
+    let raw_method =
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(":method")).map(|(_, v)| v.as_str()).unwrap_or_default();
     assert_eq!(incoming.method_rewritten, raw_method != incoming.method.as_str());
     assert!(incoming.idempotency_key.len() <= 255);
     assert!(incoming.stripe_account.len() <= 255);
@@ -126,10 +125,7 @@ fuzz_target!(|data: &[u8]| {
         Err(r) => refused(&r),
         Ok(priced) => {
             assert_eq!(priced.fingerprint.len(), 64);
-            assert!(priced
-                .fingerprint
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert!(priced.fingerprint.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
             if incoming.method != Method::Post {
                 assert_eq!(priced.price, Price::Free);
             }
