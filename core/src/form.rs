@@ -23,6 +23,8 @@ pub enum FormError {
     TooManyParams,
     #[error("parameter {0:?} is given more than once")]
     Duplicate(String),
+    #[error("parameter {0:?} has an array index that is not a plain decimal number (like 0, 1, 2)")]
+    BadIndex(String),
 }
 
 /// Decoded parameters in the order they came.
@@ -103,20 +105,27 @@ impl FormParams {
     }
 
     /// Indices `n` for which some `prefix[n]...` key exists, ascending (for `line_items[n]`).
-    pub fn array_indices(&self, prefix: &str) -> Vec<u32> {
-        let mut out: Vec<u32> = self
-            .pairs
-            .iter()
-            .filter_map(|(k, _)| {
-                let rest = k.strip_prefix(prefix)?.strip_prefix('[')?;
-                let (idx, _) = rest.split_once(']')?;
-                idx.parse().ok()
-            })
-            .collect();
+    pub fn array_indices(&self, prefix: &str) -> Result<Vec<u32>, FormError> {
+        let mut out = Vec::new();
+        for (k, _) in &self.pairs {
+            let Some(rest) = k.strip_prefix(prefix).and_then(|r| r.strip_prefix('[')) else { continue };
+            // Only canonical indices: `[00]`, `[+1]` or `[x]` would be read
+            // differently here and at Stripe, and a line item priced by one
+            // reader but not the other is money moved past the cap.
+            let idx = rest.split_once(']').map(|(i, _)| i).filter(|i| is_canonical_index(i));
+            match idx.and_then(|i| i.parse().ok()) {
+                Some(i) => out.push(i),
+                None => return Err(FormError::BadIndex(k.clone())),
+            }
+        }
         out.sort_unstable();
         out.dedup();
-        out
+        Ok(out)
     }
+}
+
+fn is_canonical_index(i: &str) -> bool {
+    !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && (i == "0" || !i.starts_with('0'))
 }
 
 fn decode_component(raw: &[u8]) -> Result<String, FormError> {
@@ -203,7 +212,7 @@ mod tests {
         assert_eq!(p.get("metadata[order_id]").unwrap(), Some("o 1"));
         assert_eq!(p.get("line_items[0][price_data][unit_amount]").unwrap(), Some("100"));
         assert_eq!(p.first_duplicate(), None);
-        assert_eq!(p.array_indices("line_items"), vec![0]);
+        assert_eq!(p.array_indices("line_items"), Ok(vec![0]));
     }
 
     #[test]

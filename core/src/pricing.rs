@@ -61,7 +61,7 @@ impl PricingError {
     /// The request parameter at fault, for Stripe's `param` field.
     pub fn param(&self) -> Option<String> {
         match self {
-            PricingError::Form(FormError::Duplicate(p)) => Some(p.clone()),
+            PricingError::Form(FormError::Duplicate(p) | FormError::BadIndex(p)) => Some(p.clone()),
             PricingError::Missing(p) => Some((*p).to_owned()),
             PricingError::InvalidAmount { param, .. }
             | PricingError::NegativeAmount { param }
@@ -198,6 +198,10 @@ pub fn moves_money(method: Method, path: &str) -> bool {
 }
 
 fn lookup(path: &str) -> Option<(Rule, Option<&str>)> {
+    // Normalised paths start with '/'; anything else is no Stripe endpoint.
+    if !path.starts_with('/') {
+        return None;
+    }
     'rules: for (pattern, rule) in TABLE {
         let mut object = None;
         let mut got = path.split('/').skip(1);
@@ -281,7 +285,7 @@ fn checkout_session(params: &FormParams) -> Result<Price, PricingError> {
     if mode != "payment" {
         return Ok(Price::Unpriced { reason: "a checkout session in subscription or setup mode" });
     }
-    let indices = params.array_indices("line_items");
+    let indices = params.array_indices("line_items")?;
     if indices.is_empty() {
         return Ok(Price::Unpriced { reason: "a checkout session without line items" });
     }
@@ -459,6 +463,15 @@ mod tests {
             Price::Amount { minor: 2050, basis: "line_items", .. }
         ));
         assert!(matches!(p("/v1/checkout/sessions", "line_items[0][price]=price_1").unwrap(), Price::Unpriced { .. }));
+        // Indices read differently here and at Stripe are refused, not skipped.
+        for odd in ["00", "+1", "x", "", " 1", "01"] {
+            let body = format!(
+                "line_items[0][price_data][unit_amount]=50&line_items[0][price_data][currency]=usd\
+                 &line_items[{odd}][price_data][unit_amount]=900000&line_items[{odd}][price_data][currency]=usd"
+            );
+            let err = p("/v1/checkout/sessions", &body).unwrap_err();
+            assert!(matches!(err, PricingError::Form(FormError::BadIndex(_))), "{odd:?}: {err:?}");
+        }
         assert!(matches!(p("/v1/checkout/sessions", "mode=subscription").unwrap(), Price::Unpriced { .. }));
         let mixed = "line_items[0][price_data][unit_amount]=1&line_items[0][price_data][currency]=usd&line_items[1][price_data][unit_amount]=1&line_items[1][price_data][currency]=eur";
         assert_eq!(p("/v1/checkout/sessions", mixed), Err(PricingError::MixedCurrencies));
