@@ -4,9 +4,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
-    tonic_prost_build::configure()
-        .build_server(false)
-        .build_client(true)
-        .compile_with_config(config, &["../proto/keybrake.proto"], &["../proto"])?;
+    tonic_prost_build::configure().build_server(false).build_client(true).compile_with_config(
+        config,
+        &["../proto/keybrake.proto"],
+        &["../proto"],
+    )?;
     Ok(())
 }

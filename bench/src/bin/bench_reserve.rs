@@ -81,18 +81,12 @@ fn parse_args() -> Result<Args, String> {
             "--grpc" => a.grpc = value()?,
             "--http" => a.http = value()?,
             "--admin-key" => a.admin_key = value()?,
-            "--concurrency" | "-c" => {
-                a.concurrency = value()?.parse().map_err(|e| format!("{flag}: {e}"))?
-            }
-            "--connections" => {
-                a.connections = value()?.parse().map_err(|e| format!("{flag}: {e}"))?
-            }
+            "--concurrency" | "-c" => a.concurrency = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
+            "--connections" => a.connections = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--duration" | "-d" => a.duration = secs(value()?, &flag)?,
             "--warmup" => a.warmup = secs(value()?, &flag)?,
             "--mode" => a.mode = value()?,
-            "--amount-minor" => {
-                a.amount_minor = value()?.parse().map_err(|e| format!("{flag}: {e}"))?
-            }
+            "--amount-minor" => a.amount_minor = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--dedup" => a.dedup = value()?,
             "--threads" => a.threads = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -100,9 +94,7 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if a.grpc.is_empty() || a.http.is_empty() || a.admin_key.is_empty() {
-        return Err(format!(
-            "--grpc, --http and --admin-key (or KEYBRAKE_ADMIN_KEY) are required\n{USAGE}"
-        ));
+        return Err(format!("--grpc, --http and --admin-key (or KEYBRAKE_ADMIN_KEY) are required\n{USAGE}"));
     }
     if !["reserve", "cycle", "both"].contains(&a.mode.as_str()) {
         return Err("--mode must be reserve, cycle or both".into());
@@ -129,8 +121,7 @@ async fn issue_key(args: &Args, label: &str) -> Result<String, Error> {
     })
     .to_string();
     let stream = TcpStream::connect(&args.http).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let request = hyper::Request::post("/admin/vault_keys")
         .header("host", &args.http)
@@ -141,17 +132,10 @@ async fn issue_key(args: &Args, label: &str) -> Result<String, Error> {
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
     if status.as_u16() != 201 {
-        return Err(format!(
-            "POST /admin/vault_keys answered {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        )
-        .into());
+        return Err(format!("POST /admin/vault_keys answered {status}: {}", String::from_utf8_lossy(&bytes)).into());
     }
     let v: Value = serde_json::from_slice(&bytes)?;
-    v.get("vault_key")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| "no vault_key in the answer".into())
+    v.get("vault_key").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| "no vault_key in the answer".into())
 }
 
 /// What the workers share.
@@ -160,6 +144,9 @@ struct Run {
     nonce: String,
     amount_minor: i64,
     seq: AtomicU64,
+    /// Over the whole process, warm-ups and untimed settlements included.
+    authorized: AtomicU64,
+    settled: AtomicU64,
 }
 
 impl Run {
@@ -168,10 +155,7 @@ impl Run {
     }
 
     fn authorize_request(&self, n: u64) -> wire::AuthorizeRequest {
-        let body = format!(
-            "amount={}&currency=usd&description=bench-{}-{n}",
-            self.amount_minor, self.nonce
-        );
+        let body = format!("amount={}&currency=usd&description=bench-{}-{n}", self.amount_minor, self.nonce);
         let mut h = Sha256::new();
         h.update(b"POST\n/v1/charges\n");
         h.update(body.as_bytes());
@@ -210,14 +194,8 @@ impl Run {
             http_status: 200,
             request_id: request_id.clone(),
             headers: vec![
-                wire::Header {
-                    name: "content-type".into(),
-                    value: "application/json".into(),
-                },
-                wire::Header {
-                    name: "request-id".into(),
-                    value: request_id,
-                },
+                wire::Header { name: "content-type".into(), value: "application/json".into() },
+                wire::Header { name: "request-id".into(), value: request_id },
             ],
             body: body.into_bytes(),
             body_truncated: false,
@@ -256,12 +234,7 @@ fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
-async fn worker(
-    mut client: GatewayClient<Channel>,
-    run: Arc<Run>,
-    until: Instant,
-    settle: bool,
-) -> Tally {
+async fn worker(mut client: GatewayClient<Channel>, run: Arc<Run>, until: Instant, settle: bool) -> Tally {
     let mut t = Tally::default();
     while Instant::now() < until {
         let n = run.next();
@@ -296,13 +269,17 @@ async fn worker(
             }
         };
         t.authorize_us.push(micros(authorized));
+        run.authorized.fetch_add(1, Ordering::Relaxed);
         if !settle {
             t.unsettled.push((call_id, n));
             continue;
         }
         let s = run.settle_request(call_id, n, u64::from(micros(authorized)));
         match client.settle(s).await {
-            Ok(_) => t.cycle_us.push(micros(started.elapsed())),
+            Ok(_) => {
+                t.cycle_us.push(micros(started.elapsed()));
+                run.settled.fetch_add(1, Ordering::Relaxed);
+            }
             Err(status) => t.error(format!("settle: {status}")),
         }
     }
@@ -322,11 +299,7 @@ fn percentile(sorted: &[u32], p: f64) -> Value {
 fn summary(mut lat: Vec<u32>, elapsed: Duration) -> Value {
     lat.sort_unstable();
     let count = lat.len();
-    let mean = if count == 0 {
-        0.0
-    } else {
-        lat.iter().map(|&v| f64::from(v)).sum::<f64>() / count as f64
-    };
+    let mean = if count == 0 { 0.0 } else { lat.iter().map(|&v| f64::from(v)).sum::<f64>() / count as f64 };
     json!({
         "count": count,
         "per_s": count as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -390,12 +363,11 @@ async fn settle_rest(
             loop {
                 let next = calls.lock().ok().and_then(|mut c| c.pop());
                 let Some((call_id, n)) = next else { break };
-                if client
-                    .settle(run.settle_request(call_id, n, 0))
-                    .await
-                    .is_err()
-                {
-                    failed += 1;
+                match client.settle(run.settle_request(call_id, n, 0)).await {
+                    Ok(_) => {
+                        run.settled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => failed += 1,
                 }
             }
             failed
@@ -408,12 +380,7 @@ async fn settle_rest(
     failed
 }
 
-async fn measure(
-    args: &Args,
-    clients: &[GatewayClient<Channel>],
-    run: &Arc<Run>,
-    mode: &str,
-) -> Value {
+async fn measure(args: &Args, clients: &[GatewayClient<Channel>], run: &Arc<Run>, mode: &str) -> Value {
     let settle = mode == "cycle";
     if !args.warmup.is_zero() {
         let (warm, _) = window(clients, run, args.concurrency, args.warmup, settle).await;
@@ -449,6 +416,8 @@ async fn main_async(args: Args) -> Result<Value, Error> {
         nonce,
         amount_minor: args.amount_minor,
         seq: AtomicU64::new(0),
+        authorized: AtomicU64::new(0),
+        settled: AtomicU64::new(0),
     });
     let mut clients = Vec::new();
     for _ in 0..args.connections {
@@ -469,6 +438,8 @@ async fn main_async(args: Args) -> Result<Value, Error> {
         out.insert((*mode).into(), measure(&args, &clients, &run, mode).await);
     }
     out.insert("dedup".into(), json!(args.dedup));
+    out.insert("total_authorized".into(), json!(run.authorized.load(Ordering::Relaxed)));
+    out.insert("total_settled".into(), json!(run.settled.load(Ordering::Relaxed)));
     out.insert("amount_minor".into(), json!(args.amount_minor));
     Ok(Value::Object(out))
 }
@@ -481,10 +452,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build();
     let result = match runtime {
         Ok(rt) => rt.block_on(main_async(args)),
         Err(e) => Err(e.into()),

@@ -47,12 +47,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        port: 0,
-        host: "127.0.0.1".into(),
-        expect_key: String::new(),
-        threads: 1,
-    };
+    let mut args = Args { port: 0, host: "127.0.0.1".into(), expect_key: String::new(), threads: 1 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -60,14 +55,9 @@ fn parse_args() -> Result<Args, String> {
             "--port" => args.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
             "--host" => args.host = value()?,
             "--expect-key" => args.expect_key = value()?,
-            "--threads" => {
-                args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?
-            }
+            "--threads" => args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "-h" | "--help" => {
-                return Err(
-                    "usage: bench-upstream [--port 0] [--host 127.0.0.1] --expect-key KEY [--threads 1]"
-                        .into(),
-                )
+                return Err("usage: bench-upstream [--port 0] [--host 127.0.0.1] --expect-key KEY [--threads 1]".into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -103,10 +93,7 @@ fn form_value<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
     })
 }
 
-async fn handle(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let counts = &state.counts;
     let seq = counts.seq.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
@@ -127,12 +114,7 @@ async fn handle(
         .is_some_and(|k| k == state.expected.as_slice());
     if !authorized {
         counts.unauthorized.fetch_add(1, Ordering::Relaxed);
-        return Ok(stripe_error(
-            StatusCode::UNAUTHORIZED,
-            seq,
-            "invalid_request_error",
-            "Invalid API Key provided.",
-        ));
+        return Ok(stripe_error(StatusCode::UNAUTHORIZED, seq, "invalid_request_error", "Invalid API Key provided."));
     }
     let method = req.method().clone();
     if method == Method::GET {
@@ -151,12 +133,7 @@ async fn handle(
             Ok(b) => b.to_bytes(),
             Err(_) => {
                 counts.other.fetch_add(1, Ordering::Relaxed);
-                return Ok(stripe_error(
-                    StatusCode::BAD_REQUEST,
-                    seq,
-                    "invalid_request_error",
-                    "Unreadable body.",
-                ));
+                return Ok(stripe_error(StatusCode::BAD_REQUEST, seq, "invalid_request_error", "Unreadable body."));
             }
         };
         let amount = form_value(&body, "amount").and_then(|a| a.parse::<i64>().ok());
@@ -179,12 +156,7 @@ async fn handle(
         return Ok(json(StatusCode::OK, seq, body));
     }
     counts.other.fetch_add(1, Ordering::Relaxed);
-    Ok(stripe_error(
-        StatusCode::NOT_FOUND,
-        seq,
-        "invalid_request_error",
-        "Unrecognized request URL.",
-    ))
+    Ok(stripe_error(StatusCode::NOT_FOUND, seq, "invalid_request_error", "Unrecognized request URL."))
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
@@ -196,10 +168,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     println!("READY {port}");
     use std::io::Write;
     std::io::stdout().flush()?;
-    let state = Arc::new(State {
-        expected: args.expect_key.into_bytes(),
-        counts: Counts::default(),
-    });
+    let state = Arc::new(State { expected: args.expect_key.into_bytes(), counts: Counts::default() });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -217,9 +186,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(state.clone(), req));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
@@ -247,10 +214,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build();
     let result = match runtime {
         Ok(rt) => rt.block_on(serve(args)),
         Err(e) => Err(e),
