@@ -30,3 +30,8 @@ step "fuzzing (known reproducers, then 20 s per parser)"
 scripts/fuzz.sh 20
 step "end-to-end tests"
 .venv/bin/pytest "$@"
+if [ $# -eq 0 ]; then
+  step "end-to-end tests of the control service on PostgreSQL (API, caps, dedup, audit)"
+  KEYBRAKE_E2E_BACKEND=postgres .venv/bin/pytest tests/e2e/test_gateway.py tests/e2e/test_caps.py \
+    tests/e2e/test_dedup.py tests/e2e/test_operate.py
+fi

@@ -67,6 +67,32 @@ async fn concurrent_reservations_never_exceed_the_cap() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_operation_arriving_at_once_goes_out_once() {
+    for h in backends().await {
+        let key = h.key("at-once", "POST /v1/charges", Some("1000"), "").await;
+        for round in 0..5 {
+            // Same content, each with its own caller key (the SDKs' random ones).
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let app = h.app.clone();
+                    let req = charge(&key, 100 + round, "usd", &format!("sdk-{round}-{i}"));
+                    tokio::spawn(async move { app.authorize(req).await })
+                })
+                .collect();
+            let mut allowed = 0;
+            for t in tasks {
+                match t.await.unwrap().verdict.unwrap() {
+                    Verdict::Allow(_) => allowed += 1,
+                    Verdict::Deny(d) => assert_eq!(d.code, "idempotency_key_in_use", "{}", h.name),
+                    Verdict::Replay(_) => panic!("{}: nothing finished, nothing to replay", h.name),
+                }
+            }
+            assert_eq!(allowed, 1, "{}: round {round}", h.name);
+        }
+    }
+}
+
 #[tokio::test]
 async fn settlement_commits_releases_or_marks_uncertain() {
     for h in backends().await {
@@ -192,5 +218,53 @@ async fn the_audit_chain_records_every_decision_and_verifies() {
         let stages: Vec<_> = rows.iter().map(|r| (r.entry.stage.as_str(), r.entry.decision.as_str())).collect();
         assert_eq!(stages, [("intent", "allowed"), ("outcome", "allowed"), ("call", "denied")], "{}", h.name);
         assert_eq!(rows[1].entry.object_id, "ch_a");
+    }
+}
+
+#[tokio::test]
+async fn records_end_after_the_dedup_window_and_their_time_to_live() {
+    const S: i64 = 1_000_000;
+    for h in backends().await {
+        let extra = r#""dedup_window_seconds":600,"expires_in_seconds":172800"#;
+        let key = h.key("window", "POST /v1/charges", Some("1000"), extra).await;
+        let (call, first_key) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 100, "usd", "k1")).await));
+        settle(&h, &call, Outcome::Responded, 200, r#"{"id":"ch_w1","currency":"usd","amount":100}"#).await;
+        h.clock.0.fetch_add(599 * S, Ordering::SeqCst);
+        assert!(matches!(verdict(&h, h.app.authorize(charge(&key, 100, "usd", "k2")).await), Verdict::Replay(_)));
+        // Past the window the same content is a new operation, with a new upstream key...
+        h.clock.0.fetch_add(2 * S, Ordering::SeqCst);
+        let (call, second_key) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 100, "usd", "k3")).await));
+        assert_ne!(first_key, second_key, "{}: Stripe must not deduplicate a new operation", h.name);
+        settle(&h, &call, Outcome::Responded, 200, r#"{"id":"ch_w2","currency":"usd","amount":100}"#).await;
+        // ...but a caller's key names its operation for 24 hours (Stripe's rule).
+        match verdict(&h, h.app.authorize(charge(&key, 100, "usd", "k1")).await) {
+            Verdict::Replay(r) => assert!(String::from_utf8_lossy(&r.body).contains("ch_w1"), "{}", h.name),
+            other => panic!("{}: expected the first charge replayed, got {other:?}", h.name),
+        }
+        h.clock.0.fetch_add(86_400 * S, Ordering::SeqCst);
+        let now = h.clock.0.load(Ordering::SeqCst) / S;
+        let purged = h.app.store.write(move |l| l.purge_idempotency(now)).await.unwrap();
+        assert!(purged >= 2, "{}: finished records are purged after their time to live ({purged})", h.name);
+        allowed_call(verdict(&h, h.app.authorize(charge(&key, 100, "usd", "k1")).await));
+        assert_eq!(
+            h.spend(&key).await.committed,
+            2_000_000,
+            "{}: two operations on the first day, counted once each",
+            h.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_callers_key_reused_on_another_endpoint_is_refused() {
+    for h in backends().await {
+        let key = h.key("endpoint", "POST /v1/*", Some("100"), r#""dedup":"idempotency_key""#).await;
+        let first = charge(&key, 100, "usd", "same-key");
+        let (call, _) = allowed_call(verdict(&h, h.app.authorize(first.clone()).await));
+        settle(&h, &call, Outcome::Responded, 200, r#"{"id":"ch_e","currency":"usd","amount":100}"#).await;
+        // Same fingerprint, other endpoint: the endpoint alone makes it a mismatch.
+        let mut elsewhere = first.clone();
+        elsewhere.path = "/v1/transfers".into();
+        assert_eq!(denied_code(verdict(&h, h.app.authorize(elsewhere).await)), "idempotency_key_reused", "{}", h.name);
     }
 }

