@@ -8,7 +8,7 @@ use prost::Message;
 
 use crate::config::FilterConfig;
 use crate::flow::{classify, Flow};
-use crate::host::{Rpc, Step};
+use crate::host::{Counter, Rpc, Step};
 use crate::key_cache::KeyCache;
 use crate::mock::MockHost;
 use crate::outbox::Outbox;
@@ -212,6 +212,8 @@ fn a_replay_is_answered_locally() {
     assert!(headers.contains(&("idempotent-replayed".into(), "true".into())));
     assert_eq!(body, br#"{"id":"ch_1"}"#);
     assert_eq!(host.resumed_request, 0);
+    assert!(host.counters.contains(&(Counter::Replayed, None)), "{:?}", host.counters);
+    assert!(!host.counters.iter().any(|(c, _)| *c == Counter::Allowed), "a replay is not an allowed call");
 }
 
 #[test]
@@ -222,6 +224,7 @@ fn fails_closed_when_the_control_service_does_not_answer() {
         assert_eq!(host.local_reply.as_ref().unwrap().0, 503);
         assert_eq!(host.reply_json()["error"]["type"], "api_error");
         assert_eq!(host.resumed_request, 0);
+        assert!(host.counters.contains(&(Counter::CalloutFailed, Some("authorize".into()))), "{:?}", host.counters);
         flow.on_log(&mut host);
         let batch = outbox.borrow_mut().take_batch(10).unwrap();
         assert_eq!(batch.records[0].reason, "keybrake_unavailable");

@@ -153,6 +153,12 @@ def scope_matches(scope: str, method: str, path: str) -> bool:
         (w == "*" and g != "") or w == g for w, g in zip(want, got))
 
 
+def test_the_corpus_covers_every_family_on_both_protocols() -> None:
+    assert len(CASES) >= 200
+    assert {c.protocol for c in CASES} == set(corpus.PROTOCOLS)
+    assert all(n >= 3 for n in corpus.family_counts().values()), corpus.family_counts()
+
+
 def test_nothing_out_of_scope_reached_the_upstream(gateway: Gateway) -> None:
     if not gateway.sent:  # run on its own (-k): send the corpus first
         for case in CASES:

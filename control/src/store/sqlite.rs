@@ -1,6 +1,8 @@
-//! SQLite backend: one writer thread that group-commits (many transactions'
-//! worth of work per fsync, each isolated by a savepoint), plus a pool of
-//! read-only connections. WAL mode with `synchronous=FULL`: when `write`
+//! SQLite backend: one writer thread that group-commits (the jobs waiting
+//! when it wakes run in one transaction; if one fails, the transaction is
+//! rolled back and the others run again without it), plus a pool of read-only
+//! connections. WAL mode with `synchronous=NORMAL`, and the writer syncs the
+//! WAL itself once per group before answering a durable job: when `write`
 //! returns, the change is on disk.
 
 use std::path::{Path, PathBuf};
