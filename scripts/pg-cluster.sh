@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster on a loopback port, for tests and benchmarks.
-#   scripts/pg-cluster.sh start [PORT]   prints the admin URL (postgres://keybrake@127.0.0.1:PORT/postgres)
+#   scripts/pg-cluster.sh start [PORT]   prints the admin URL (postgres://keybrake@127.0.0.1:PORT/postgres);
+#                                        without PORT: 55432, or a free port if another checkout holds it
 #   scripts/pg-cluster.sh stop
 # Installs PostgreSQL from Debian's packages if missing (scripts/setup.sh postgres).
 # The cluster lives in target/pg (owned by the `postgres` system user when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$PWD/target/pg
-port=${2:-55432}
+port=${2:-}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for p in 55432 $(seq 55433 55532); do port_free "$p" && { echo "$p"; return; }; done
+  echo "no free port in 55432-55532" >&2; return 1
+}
 
 pg_bin() {
   local v
@@ -28,6 +36,7 @@ case "${1:-}" in
     if [ -f "$dir/data/postmaster.pid" ] && as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
       port=$(sed -n 4p "$dir/data/postmaster.pid")
     else
+      [ -n "$port" ] || port=$(free_port)
       rm -rf "$dir"; mkdir -p "$dir"
       [ "$(id -u)" = 0 ] && chown postgres "$dir"
       as_owner "$bin/initdb" -D "$dir/data" -U keybrake --auth=trust -E UTF8 >/dev/null
