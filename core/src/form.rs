@@ -107,6 +107,9 @@ impl FormParams {
     /// Indices `n` for which some `prefix[n]...` key exists, ascending (for `line_items[n]`).
     pub fn array_indices(&self, prefix: &str) -> Result<Vec<u32>, FormError> {
         let mut out = Vec::new();
+        // The smallest bad key is reported, so the error names the same key
+        // however the body orders its parameters.
+        let mut bad: Option<&String> = None;
         for (k, _) in &self.pairs {
             let Some(rest) = k.strip_prefix(prefix).and_then(|r| r.strip_prefix('[')) else { continue };
             // Only canonical indices: `[00]`, `[+1]` or `[x]` would be read
@@ -115,8 +118,11 @@ impl FormParams {
             let idx = rest.split_once(']').map(|(i, _)| i).filter(|i| is_canonical_index(i));
             match idx.and_then(|i| i.parse().ok()) {
                 Some(i) => out.push(i),
-                None => return Err(FormError::BadIndex(k.clone())),
+                None => bad = Some(bad.map_or(k, |b| b.min(k))),
             }
+        }
+        if let Some(k) = bad {
+            return Err(FormError::BadIndex(k.clone()));
         }
         out.sort_unstable();
         out.dedup();
@@ -240,6 +246,15 @@ mod tests {
         let e1 = FormParams::parse(b"expand[]=x&expand[]=y").unwrap();
         let e2 = FormParams::parse(b"expand[]=y&expand[]=x").unwrap();
         assert_ne!(e1.canonical(), e2.canonical());
+    }
+
+    #[test]
+    fn a_bad_index_is_named_the_same_whatever_the_order() {
+        let a = FormParams::parse(b"line_items[y]=1&line_items[a]=2&line_items[0][quantity]=1").unwrap();
+        let b = FormParams::parse(b"line_items[0][quantity]=1&line_items[a]=2&line_items[y]=1").unwrap();
+        let expected = Err(FormError::BadIndex("line_items[a]".into()));
+        assert_eq!(a.array_indices("line_items"), expected);
+        assert_eq!(b.array_indices("line_items"), expected);
     }
 
     proptest! {
