@@ -278,6 +278,34 @@ fn response_columns(r: &IdemRecord) -> StoreResult<ResponseColumns> {
     })
 }
 
+impl<C: GenericClient> PgLedger<'_, C> {
+    /// Insert and update write the same thirteen columns, in `IDEM_COLUMNS` order.
+    fn write_idempotency(&mut self, sql: &str, r: &IdemRecord) -> StoreResult<()> {
+        let (status, headers, body) = response_columns(r)?;
+        self.c
+            .execute(
+                sql,
+                &[
+                    &r.account,
+                    &r.op_key,
+                    &r.fingerprint,
+                    &r.endpoint,
+                    &r.state.as_str(),
+                    &r.call_id,
+                    &r.forwarded_key,
+                    &r.created_at,
+                    &r.expires_at,
+                    &r.lease_expires_at,
+                    &status,
+                    &headers,
+                    &body,
+                ],
+            )
+            .map(|_| ())
+            .map_err(pg)
+    }
+}
+
 impl<C: GenericClient> Ledger for PgLedger<'_, C> {
     fn insert_key(&mut self, key: &KeyRecord) -> StoreResult<()> {
         let scopes: Vec<String> = key.scopes.iter().map(ToString::to_string).collect();
@@ -551,57 +579,19 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
     }
 
     fn insert_idempotency(&mut self, r: &IdemRecord) -> StoreResult<()> {
-        let (status, headers, body) = response_columns(r)?;
-        self.c
-            .execute(
-                &format!(
-                    "INSERT INTO idempotency ({IDEM_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
-                ),
-                &[
-                    &r.account,
-                    &r.op_key,
-                    &r.fingerprint,
-                    &r.endpoint,
-                    &r.state.as_str(),
-                    &r.call_id,
-                    &r.forwarded_key,
-                    &r.created_at,
-                    &r.expires_at,
-                    &r.lease_expires_at,
-                    &status,
-                    &headers,
-                    &body,
-                ],
-            )
-            .map(|_| ())
-            .map_err(pg)
+        self.write_idempotency(
+            &format!("INSERT INTO idempotency ({IDEM_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"),
+            r,
+        )
     }
 
     fn update_idempotency(&mut self, r: &IdemRecord) -> StoreResult<()> {
-        let (status, headers, body) = response_columns(r)?;
-        self.c
-            .execute(
-                "UPDATE idempotency SET fingerprint = $3, endpoint = $4, state = $5, call_id = $6, forwarded_key = $7, \
-                 created_at = $8, expires_at = $9, lease_expires_at = $10, status = $11, headers = $12, body = $13 \
-                 WHERE account = $1 AND op_key = $2",
-                &[
-                    &r.account,
-                    &r.op_key,
-                    &r.fingerprint,
-                    &r.endpoint,
-                    &r.state.as_str(),
-                    &r.call_id,
-                    &r.forwarded_key,
-                    &r.created_at,
-                    &r.expires_at,
-                    &r.lease_expires_at,
-                    &status,
-                    &headers,
-                    &body,
-                ],
-            )
-            .map(|_| ())
-            .map_err(pg)
+        self.write_idempotency(
+            "UPDATE idempotency SET fingerprint = $3, endpoint = $4, state = $5, call_id = $6, forwarded_key = $7, \
+             created_at = $8, expires_at = $9, lease_expires_at = $10, status = $11, headers = $12, body = $13 \
+             WHERE account = $1 AND op_key = $2",
+            r,
+        )
     }
 
     fn delete_idempotency(&mut self, account: &str, op_key: &str) -> StoreResult<()> {

@@ -448,6 +448,34 @@ fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+impl SqliteLedger<'_> {
+    /// Insert and update write the same thirteen columns, in `IDEM_COLUMNS` order.
+    fn write_idempotency(&mut self, sql: &str, r: &IdemRecord) -> StoreResult<()> {
+        let (status, headers, body) = response_columns(r)?;
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.execute(params![
+                    r.account,
+                    r.op_key,
+                    r.fingerprint,
+                    r.endpoint,
+                    r.state.as_str(),
+                    r.call_id,
+                    r.forwarded_key,
+                    r.created_at,
+                    r.expires_at,
+                    r.lease_expires_at,
+                    status,
+                    headers,
+                    body
+                ])
+            })
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+}
+
 impl Ledger for SqliteLedger<'_> {
     fn insert_key(&mut self, key: &KeyRecord) -> StoreResult<()> {
         let scopes: Vec<String> = key.scopes.iter().map(ToString::to_string).collect();
@@ -690,59 +718,19 @@ impl Ledger for SqliteLedger<'_> {
     }
 
     fn insert_idempotency(&mut self, r: &IdemRecord) -> StoreResult<()> {
-        let (status, headers, body) = response_columns(r)?;
-        self.conn
-            .prepare_cached(&format!(
-                "INSERT INTO idempotency ({IDEM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    r.account,
-                    r.op_key,
-                    r.fingerprint,
-                    r.endpoint,
-                    r.state.as_str(),
-                    r.call_id,
-                    r.forwarded_key,
-                    r.created_at,
-                    r.expires_at,
-                    r.lease_expires_at,
-                    status,
-                    headers,
-                    body
-                ])
-            })
-            .map(|_| ())
-            .map_err(sql_error)
+        self.write_idempotency(
+            &format!("INSERT INTO idempotency ({IDEM_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"),
+            r,
+        )
     }
 
     fn update_idempotency(&mut self, r: &IdemRecord) -> StoreResult<()> {
-        let (status, headers, body) = response_columns(r)?;
-        self.conn
-            .prepare_cached(
-                "UPDATE idempotency SET fingerprint = ?3, endpoint = ?4, state = ?5, call_id = ?6, forwarded_key = ?7, \
-                 created_at = ?8, expires_at = ?9, lease_expires_at = ?10, status = ?11, headers = ?12, body = ?13 \
-                 WHERE account = ?1 AND op_key = ?2",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    r.account,
-                    r.op_key,
-                    r.fingerprint,
-                    r.endpoint,
-                    r.state.as_str(),
-                    r.call_id,
-                    r.forwarded_key,
-                    r.created_at,
-                    r.expires_at,
-                    r.lease_expires_at,
-                    status,
-                    headers,
-                    body
-                ])
-            })
-            .map(|_| ())
-            .map_err(sql_error)
+        self.write_idempotency(
+            "UPDATE idempotency SET fingerprint = ?3, endpoint = ?4, state = ?5, call_id = ?6, forwarded_key = ?7, \
+             created_at = ?8, expires_at = ?9, lease_expires_at = ?10, status = ?11, headers = ?12, body = ?13 \
+             WHERE account = ?1 AND op_key = ?2",
+            r,
+        )
     }
 
     fn delete_idempotency(&mut self, account: &str, op_key: &str) -> StoreResult<()> {
