@@ -96,6 +96,22 @@ pub enum Bucket {
 }
 
 impl Bucket {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Reserved => "reserved",
+            Bucket::Committed => "committed",
+            Bucket::Uncertain => "uncertain",
+        }
+    }
+
+    pub fn parse(text: &str) -> Bucket {
+        match text {
+            "committed" => Bucket::Committed,
+            "uncertain" => Bucket::Uncertain,
+            _ => Bucket::Reserved,
+        }
+    }
+
     pub fn column(self) -> &'static str {
         match self {
             Bucket::Reserved => "reserved_micros",

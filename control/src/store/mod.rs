@@ -30,6 +30,18 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+// The columns each backend reads and writes, in the order of its row decoders.
+pub(crate) const KEY_COLUMNS: &str =
+    "id, key_hash, label, vendor, allowed_endpoints, allowed_accounts, daily_cap_micros, \
+    max_per_call_micros, allow_unpriced, dedup_mode, dedup_window_secs, created_at, expires_at, revoked_at";
+
+pub(crate) const CALL_COLUMNS: &str =
+    "call_id, key_id, day, amount_micros, bucket, state, unpriced, created_at, lease_expires_at, context";
+
+pub(crate) const IDEM_COLUMNS: &str =
+    "account, op_key, fingerprint, endpoint, state, call_id, forwarded_key, created_at, \
+    expires_at, lease_expires_at, status, headers, body";
+
 /// Which keys to list.
 #[derive(Debug, Clone, Default)]
 pub struct KeyQuery {

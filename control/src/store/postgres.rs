@@ -14,7 +14,7 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
     hashes_from_text, hashes_to_text, AuditQuery, Dialect, KeyQuery, Ledger, RevokeSelector, SqlValue, StoreError,
-    StoreResult,
+    StoreResult, CALL_COLUMNS, IDEM_COLUMNS, KEY_COLUMNS,
 };
 use crate::audit::chain;
 use crate::model::{
@@ -152,9 +152,6 @@ struct PgLedger<'c, C: GenericClient> {
     c: &'c mut C,
 }
 
-const KEY_COLUMNS: &str = "id, key_hash, label, vendor, allowed_endpoints, allowed_accounts, daily_cap_micros, \
-    max_per_call_micros, allow_unpriced, dedup_mode, dedup_window_secs, created_at, expires_at, revoked_at";
-
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.to_owned())
 }
@@ -188,25 +185,6 @@ fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
     })
 }
 
-fn bucket_name(b: Bucket) -> &'static str {
-    match b {
-        Bucket::Reserved => "reserved",
-        Bucket::Committed => "committed",
-        Bucket::Uncertain => "uncertain",
-    }
-}
-
-fn parse_bucket(s: &str) -> Bucket {
-    match s {
-        "committed" => Bucket::Committed,
-        "uncertain" => Bucket::Uncertain,
-        _ => Bucket::Reserved,
-    }
-}
-
-const CALL_COLUMNS: &str =
-    "call_id, key_id, day, amount_micros, bucket, state, unpriced, created_at, lease_expires_at, context";
-
 fn call_from_row(row: &Row) -> StoreResult<CallRow> {
     let bucket: String = row.try_get(4).map_err(pg)?;
     let state: String = row.try_get(5).map_err(pg)?;
@@ -216,7 +194,7 @@ fn call_from_row(row: &Row) -> StoreResult<CallRow> {
         key_id: row.try_get(1).map_err(pg)?,
         day: row.try_get(2).map_err(pg)?,
         amount_micros: row.try_get(3).map_err(pg)?,
-        bucket: parse_bucket(&bucket),
+        bucket: Bucket::parse(&bucket),
         state: CallState::parse(&state),
         unpriced: row.try_get(6).map_err(pg)?,
         created_at: row.try_get(7).map_err(pg)?,
@@ -224,9 +202,6 @@ fn call_from_row(row: &Row) -> StoreResult<CallRow> {
         context: serde_json::from_str(&context).map_err(|_| corrupt("calls.context"))?,
     })
 }
-
-const IDEM_COLUMNS: &str = "account, op_key, fingerprint, endpoint, state, call_id, forwarded_key, created_at, \
-    expires_at, lease_expires_at, status, headers, body";
 
 fn idem_from_row(row: &Row) -> StoreResult<IdemRecord> {
     let state: String = row.try_get(4).map_err(pg)?;
@@ -512,7 +487,7 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
                     &call.key_id,
                     &call.day,
                     &call.amount_micros,
-                    &bucket_name(call.bucket),
+                    &call.bucket.as_str(),
                     &call.state.as_str(),
                     &call.unpriced,
                     &call.created_at,
@@ -537,7 +512,7 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
         self.c
             .execute(
                 "UPDATE calls SET state = $2, bucket = $3, settled_at = $4 WHERE call_id = $1",
-                &[&call_id, &state.as_str(), &bucket_name(bucket), &at],
+                &[&call_id, &state.as_str(), &bucket.as_str(), &at],
             )
             .map(|_| ())
             .map_err(pg)

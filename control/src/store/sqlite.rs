@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::{
     hashes_from_text, hashes_to_text, AuditQuery, Dialect, KeyQuery, Ledger, RevokeSelector, SqlValue, StoreError,
-    StoreResult,
+    StoreResult, CALL_COLUMNS, IDEM_COLUMNS, KEY_COLUMNS,
 };
 use crate::audit::chain::{self, GENESIS};
 use crate::model::{
@@ -313,9 +313,6 @@ struct SqliteLedger<'c> {
     head: &'c mut Option<(i64, String)>,
 }
 
-const KEY_COLUMNS: &str = "id, key_hash, label, vendor, allowed_endpoints, allowed_accounts, daily_cap_micros, \
-    max_per_call_micros, allow_unpriced, dedup_mode, dedup_window_secs, created_at, expires_at, revoked_at";
-
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     let hash: Vec<u8> = row.get(1)?;
     let scopes: String = row.get(4)?;
@@ -347,25 +344,6 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     })
 }
 
-fn bucket_name(b: Bucket) -> &'static str {
-    match b {
-        Bucket::Reserved => "reserved",
-        Bucket::Committed => "committed",
-        Bucket::Uncertain => "uncertain",
-    }
-}
-
-fn parse_bucket(s: &str) -> Bucket {
-    match s {
-        "committed" => Bucket::Committed,
-        "uncertain" => Bucket::Uncertain,
-        _ => Bucket::Reserved,
-    }
-}
-
-const CALL_COLUMNS: &str =
-    "call_id, key_id, day, amount_micros, bucket, state, unpriced, created_at, lease_expires_at, context";
-
 fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
     let bucket: String = row.get(4)?;
     let state: String = row.get(5)?;
@@ -375,7 +353,7 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
         key_id: row.get(1)?,
         day: row.get(2)?,
         amount_micros: row.get(3)?,
-        bucket: parse_bucket(&bucket),
+        bucket: Bucket::parse(&bucket),
         state: CallState::parse(&state),
         unpriced: row.get(6)?,
         created_at: row.get(7)?,
@@ -384,9 +362,6 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e)))?,
     })
 }
-
-const IDEM_COLUMNS: &str = "account, op_key, fingerprint, endpoint, state, call_id, forwarded_key, created_at, \
-    expires_at, lease_expires_at, status, headers, body";
 
 fn idem_from_row(row: &Row<'_>) -> rusqlite::Result<IdemRecord> {
     let state: String = row.get(4)?;
@@ -674,7 +649,7 @@ impl Ledger for SqliteLedger<'_> {
                     call.key_id,
                     call.day,
                     call.amount_micros,
-                    bucket_name(call.bucket),
+                    call.bucket.as_str(),
                     call.state.as_str(),
                     call.unpriced,
                     call.created_at,
@@ -696,7 +671,7 @@ impl Ledger for SqliteLedger<'_> {
     fn set_call_state(&mut self, call_id: &str, state: CallState, bucket: Bucket, at: i64) -> StoreResult<()> {
         self.conn
             .prepare_cached("UPDATE calls SET state = ?2, bucket = ?3, settled_at = ?4 WHERE call_id = ?1")
-            .and_then(|mut s| s.execute(params![call_id, state.as_str(), bucket_name(bucket), at]))
+            .and_then(|mut s| s.execute(params![call_id, state.as_str(), bucket.as_str(), at]))
             .map(|_| ())
             .map_err(sql_error)
     }
