@@ -21,6 +21,24 @@ use crate::key_cache::KeyCache;
 use crate::outbox::Outbox;
 use crate::wire::{CallRecordBatch, Revocation, WatchRequest};
 
+#[allow(unsafe_code)] // WASI's `random_get`, imported by hand: one call, into a buffer we own.
+mod entropy {
+    // Proxy-wasm hosts (Envoy among them) export WASI's `random_get` to every
+    // module, backed by the host's CSPRNG.
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        fn random_get(buf: *mut u8, len: usize) -> i32;
+    }
+
+    /// `N` random bytes from the host, or `None` if it has none to give.
+    pub fn bytes<const N: usize>() -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        // SAFETY: `buf` is valid for writes of `N` bytes, and the host writes at most `len` bytes.
+        let errno = unsafe { random_get(buf.as_mut_ptr(), N) };
+        (errno == 0).then_some(buf)
+    }
+}
+
 #[allow(unsafe_code)] // `main!` exports `_initialize` with `#[no_mangle]`.
 mod entry {
     use super::Root;
@@ -248,15 +266,26 @@ impl RootContext for Root {
         let bytes = hc::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten().unwrap_or_default();
         match FilterConfig::parse(&bytes) {
             Ok(config) => {
-                // Seed this VM's call ids from what differs between VMs and starts.
+                // Seed this VM's call ids with the host's randomness: the time
+                // alone was seen to seed two workers' VMs alike, and a call id
+                // used twice settles the wrong call. The time stays in as a
+                // fallback for a host without `random_get`.
                 let now = hc::get_current_time()
                     .ok()
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_nanos())
                     .unwrap_or(0);
-                let here = &config as *const FilterConfig as usize;
-                let mut material = now.to_le_bytes().to_vec();
-                material.extend_from_slice(&here.to_le_bytes());
+                let mut material = match entropy::bytes::<16>() {
+                    Some(random) => random.to_vec(),
+                    None => {
+                        let _ = hc::log(
+                            LogLevel::Warn,
+                            "keybrake: the host gave no random bytes; call ids are seeded from the time",
+                        );
+                        Vec::new()
+                    }
+                };
+                material.extend_from_slice(&now.to_le_bytes());
                 material.extend_from_slice(&size.to_le_bytes());
                 if let Ok(mut ids) = self.ids.try_borrow_mut() {
                     *ids = CallIds::seeded(&material);

@@ -3,6 +3,7 @@ service, swapped by the wasm filter for the real key, refused when they
 should be — with nothing sent upstream — and failing closed."""
 import base64
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -167,6 +168,38 @@ def test_fails_closed_when_the_control_service_is_down(fresh_stack):
     assert s.upstream_requests() == []
     s.start_control()
     assert s.call("POST", "/stripe/v1/charges", vk, data=charge_params()).status_code == 200
+
+
+def test_call_ids_are_unique_across_workers_and_restarts(fresh_stack):
+    """Each Envoy worker runs its own VM, which names the calls it asks about.
+    Two VMs naming calls alike would give two charges one call id: the second
+    is refused (the ledger holds the first), or worse, a settlement lands on
+    the wrong call. Seen on PostgreSQL when the VMs were seeded from the time."""
+    s: Stack = fresh_stack()
+    vk = s.issue_key(label="call-ids", daily_usd_cap=10_000)["vault_key"]
+
+    def burst(tag: str) -> list[tuple[int, str]]:
+        def one(i: int) -> tuple[int, str]:
+            # A connection per call, so the calls spread over both workers.
+            r = s.call("POST", "/stripe/v1/charges", vk,
+                       data={"amount": 100 + i, "currency": "usd", "description": f"{tag}-{i}"})
+            return r.status_code, r.headers.get("keybrake-call-id", "")
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, range(40)))
+
+    before = burst("first")
+    s.stop_envoy_cleanly()
+    s.start_envoy()
+    after = burst("after-restart")
+    assert [code for code, _ in before + after] == [200] * 80
+    ids = [call_id for _, call_id in before + after]
+    assert all(i.startswith("call_") for i in ids) and len(set(ids)) == 80
+    # call_ + one VM's 16-digit prefix + its counter: both workers took calls, each VM its own prefix.
+    vms_before = {i[:21] for _, i in before}
+    vms_after = {i[:21] for _, i in after}
+    assert len(vms_before) == 2 and len(vms_after) == 2 and not vms_before & vms_after, (vms_before, vms_after)
+    assert s.upstream_counts()["charges"] == 80
+    assert "gave no random bytes" not in s.logs()
 
 
 def test_with_localstripe_as_the_upstream(fresh_stack):
