@@ -36,7 +36,7 @@ pub struct TestKey {
     pub hash: [u8; 32],
 }
 
-fn vault() -> Vault {
+pub fn vault() -> Vault {
     Vault::new(Secret::new("sk_test_ledger_real".into()), &Secret::new("admin-key-for-tests-0123".into())).unwrap()
 }
 
@@ -44,6 +44,12 @@ fn app_on(store: Store) -> (Arc<App>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock(AtomicI64::new(START_US)));
     let app = App::new(store, vault(), clock.clone(), Limits::default());
     (Arc::new(app), clock)
+}
+
+/// A harness on a store opened by the test (e.g. a database it prepared).
+pub fn harness_on(name: &'static str, store: Store, dir: Option<tempfile::TempDir>) -> Harness {
+    let (app, clock) = app_on(store);
+    Harness { name, app, clock, _dir: dir }
 }
 
 /// One harness per backend configured for tests: SQLite always, PostgreSQL
@@ -64,7 +70,7 @@ pub async fn backends() -> Vec<Harness> {
 }
 
 /// Creates an empty database on the server and returns its URL.
-fn fresh_database(admin_url: &str) -> String {
+pub fn fresh_database(admin_url: &str) -> String {
     let name = new_id("kbtest");
     let mut client = postgres::Client::connect(admin_url, postgres::NoTls).unwrap();
     client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
