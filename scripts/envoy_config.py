@@ -64,6 +64,42 @@ def render(*, listen_address="127.0.0.1", listen_port=10000, admin_port=9901, co
     return string.Template(TEMPLATE.read_text()).substitute(values)
 
 
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def with_filter_discovery(envoy_yaml: str, resource_path: str, vm_id: str | None = None) -> tuple[str, str]:
+    """Moves the Keybrake filter of a rendered config out to an extension config
+    discovery (ECDS) file, as Istio delivers it: Envoy watches `resource_path`
+    and swaps the filter when a new version is moved into place, without a
+    restart. Returns (Envoy config, ECDS file). A `vm_id` other than the
+    template's gives the new version VMs of its own (a reload of the module,
+    not only of its configuration)."""
+    import yaml  # only here: run-local renders the plain config with any python3
+
+    config = yaml.safe_load(envoy_yaml)
+    # xDS, even from a file, needs the node to say who it is.
+    config.setdefault("node", {"id": "keybrake-gateway", "cluster": "keybrake"})
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = hcm["http_filters"]
+    wasm = next(f for f in filters if f["name"] == "envoy.filters.http.wasm")
+    typed = wasm["typed_config"]
+    if vm_id:
+        typed["config"]["vm_config"]["vm_id"] = vm_id
+    filters[filters.index(wasm)] = {
+        "name": "keybrake",
+        "config_discovery": {
+            "config_source": {"path_config_source": {"path": resource_path}, "resource_api_version": "V3"},
+            "type_urls": [WASM_TYPE],
+        },
+    }
+    resource = {"resources": [{
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": "keybrake",
+        "typed_config": typed,
+    }]}
+    return json.dumps(config, indent=1), json.dumps(resource, indent=1)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", default="127.0.0.1:10000")

@@ -157,6 +157,58 @@ def test_restarting_envoy_under_load_charges_each_customer_once(fresh_stack):
              timeout=30, what="every charge counted")
 
 
+def reloads(s: Stack) -> int:
+    stats = s.envoy_stats()
+    return int(stats.split("extension_config_discovery.http_filter.keybrake.config_reload: ", 1)[1].split()[0])
+
+
+def test_reloading_the_filter_under_load_loses_nothing(fresh_stack):
+    """The filter swapped three times under load through Envoy's extension
+    config discovery, as Istio rolls out a new WasmPlugin: each version runs
+    in VMs of its own while requests already inside the old one finish there.
+    Every call is answered, charged once, settled and audited, with an id of its own."""
+    s: Stack = fresh_stack(filter_discovery=True)
+    key = s.issue_key(label="filter-reload", daily_usd_cap=100000)
+    results: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(w: int):
+        n = 0
+        while not stop.is_set():
+            n += 1
+            r = charge(s, key["vault_key"], f"cus_{w}_{n}")
+            with lock:
+                results.append((r.status_code, r.headers.get("keybrake-call-id", "")))
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert reloads(s) == 1
+        for version in range(1, 4):
+            wait_for(lambda: len(results) >= 40 * version, what="charges between reloads")
+            s.reload_filter(f"keybrake-v{version}")
+            wait_for(lambda: reloads(s) == 1 + version, what=f"version {version} loaded")
+        wait_for(lambda: len(results) >= 160, what="charges after the last reload")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert [code for code, _ in results] == [200] * len(results)
+    ids = [call_id for _, call_id in results]
+    assert len(set(ids)) == len(results), "a call id was given twice"
+    # Four versions of the filter, each in VMs of its own (one per worker).
+    assert len({i[:21] for i in ids}) >= 4
+    assert s.upstream_counts()["charges"] == len(results), "one upstream charge per answered call"
+    expected_usd = 10.0 * len(results)
+    wait_for(lambda: usage(s, key["id"])["spent_today_usd"] == expected_usd, timeout=30, what="every charge settled")
+    assert usage(s, key["id"])["uncertain_usd"] == 0
+    intents_cover_every_upstream_charge(s, key["id"])
+    settled = {r["call_id"] for r in s.audit(key_id=key["id"], limit=1000) if r["stage"] in ("outcome", "call")}
+    assert set(ids) <= settled, "a call without its outcome in the audit log"
+
+
 def test_a_full_disk_fails_closed_with_a_clear_error_and_recovers(fresh_stack, tmpfs):
     """With the disk full, SQLite keeps writing into the space its WAL already
     owns, so a few more calls may still be recorded — durably — and go through.

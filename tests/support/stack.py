@@ -101,6 +101,9 @@ class Stack:
     control_env: dict[str, str] = field(default_factory=dict)
     filter_config: dict[str, Any] | None = None
     upstream_args: list[str] = field(default_factory=list)
+    # Deliver the filter by extension config discovery from a watched file (as
+    # Istio does), so that `reload_filter` can swap it without a restart.
+    filter_discovery: bool = False
     grpc_port: int = 0
     http_port: int = 0
     listen_port: int = 0
@@ -163,16 +166,10 @@ class Stack:
     def start_envoy(self) -> None:
         if not self.listen_port:
             self.listen_port, self.envoy_admin_port = free_port(), free_port()
-        config = envoy_config.render(
-            listen_port=self.listen_port,
-            admin_port=self.envoy_admin_port,
-            control_grpc=f"127.0.0.1:{self.grpc_port}",
-            control_http=f"127.0.0.1:{self.http_port}",
-            stripe_url=f"http://127.0.0.1:{self.upstream_port}",
-            wasm_path=str(filter_wasm()),
-            stripe_timeout=self.stripe_timeout,
-            filter_config=self.filter_config,
-        )
+        config = self.rendered_envoy_config()
+        if self.filter_discovery:
+            config, resource = envoy_config.with_filter_discovery(config, str(self.filter_resource_path))
+            self.write_filter_resource(resource)
         path = self.workdir / "envoy.yaml"
         path.write_text(config)
         log = open(self.workdir / "envoy.log", "a")
@@ -185,6 +182,36 @@ class Stack:
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{self.envoy_admin_port}/ready", timeout=1).text.strip() == "LIVE",
                  what="envoy ready")
         wait_for(lambda: self.admin("GET", "/admin/vault_keys?limit=1").status_code == 200, what="admin API via envoy")
+
+    def rendered_envoy_config(self) -> str:
+        return envoy_config.render(
+            listen_port=self.listen_port,
+            admin_port=self.envoy_admin_port,
+            control_grpc=f"127.0.0.1:{self.grpc_port}",
+            control_http=f"127.0.0.1:{self.http_port}",
+            stripe_url=f"http://127.0.0.1:{self.upstream_port}",
+            wasm_path=str(filter_wasm()),
+            stripe_timeout=self.stripe_timeout,
+            filter_config=self.filter_config,
+        )
+
+    @property
+    def filter_resource_path(self) -> Path:
+        return self.workdir / "keybrake-filter.json"
+
+    def write_filter_resource(self, resource: str) -> None:
+        # Envoy reacts to a file moved into place, never to one half written.
+        tmp = self.filter_resource_path.with_suffix(".tmp")
+        tmp.write_text(resource)
+        tmp.rename(self.filter_resource_path)
+
+    def reload_filter(self, vm_id: str) -> None:
+        """Hands Envoy a new version of the filter (new VMs named `vm_id`) through
+        its discovery file, as a control plane would; Envoy keeps running."""
+        assert self.filter_discovery, "start the stack with filter_discovery=True"
+        _, resource = envoy_config.with_filter_discovery(self.rendered_envoy_config(), str(self.filter_resource_path),
+                                                         vm_id=vm_id)
+        self.write_filter_resource(resource)
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name, None)
