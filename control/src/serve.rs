@@ -108,7 +108,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// PostgreSQL when a database URL is given, else SQLite in the data directory.
 pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
-    match args.database_url.clone().filter(|u| !u.is_empty()) {
+    match args.database_url.clone() {
+        // Set but empty is a deployment whose secret was never filled in: on
+        // SQLite each replica would keep caps of its own, so refuse instead.
+        Some(url) if url.trim().is_empty() => anyhow::bail!(
+            "KEYBRAKE_DATABASE_URL (--database-url) is set but empty: give a postgres:// URL, \
+             or unset it to keep state in SQLite under --data-dir"
+        ),
         Some(url) => {
             // The postgres client runs its own runtime: open it off the async threads.
             let store = tokio::task::spawn_blocking(move || PgStore::open(&url)).await?;

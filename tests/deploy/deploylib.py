@@ -19,7 +19,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_DIR = ROOT / "envoy"
 # The deployments (kustomizations a user applies) and the shared base.
-DEPLOYMENTS = {"istio": ENVOY_DIR / "istio", "kuberay": ENVOY_DIR / "kuberay"}
+DEPLOYMENTS = {"istio": ENVOY_DIR / "istio", "kuberay": ENVOY_DIR / "kuberay",
+               # The control service alone, on PostgreSQL (what istio/kuberay list instead of ../k8s for replicas).
+               "k8s/postgres": ENVOY_DIR / "k8s" / "postgres"}
 MANIFEST_DIRS = [ENVOY_DIR / "k8s", ENVOY_DIR / "istio", ENVOY_DIR / "kuberay"]
 
 ZERO_DIGEST = "0" * 64
@@ -54,7 +56,8 @@ def all_manifest_files() -> list[Path]:
     files = []
     for d in MANIFEST_DIRS:
         for p in yaml_files(d):
-            if p.name == "kustomization.yaml":
+            # Patches are fragments, checked by the build they patch.
+            if p.name == "kustomization.yaml" or p.name.endswith(".patch.yaml"):
                 continue
             docs = load_docs(p)
             if docs and not all(is_envoy_config(x) for x in docs):
@@ -104,7 +107,7 @@ def kustomize(directory: Path) -> Build:
     k = yaml.safe_load(kfile.read_text())
     build.files.add(kfile)
     assert k.get("apiVersion") == "kustomize.config.k8s.io/v1beta1" and k.get("kind") == "Kustomization", kfile
-    known = {"apiVersion", "kind", "resources", "configMapGenerator", "secretGenerator", "images"}
+    known = {"apiVersion", "kind", "resources", "configMapGenerator", "secretGenerator", "images", "patches"}
     assert set(k) <= known, f"{kfile}: keys this loader does not model: {set(k) - known}"
     for res in k.get("resources", []):
         path = (directory / res).resolve()
@@ -142,7 +145,50 @@ def kustomize(directory: Path) -> Build:
                                "x-generated-by": str(kfile)})
     for image in k.get("images", []):
         build.images[image["name"]] = image
+    for entry in k.get("patches", []):
+        assert set(entry) == {"path"}, f"{kfile}: only `patches: - path:` is modelled, got {entry}"
+        path = directory / entry["path"]
+        build.files.add(path)
+        for patch in load_docs(path):
+            apply_patch(build, patch, f"{kfile}: {entry['path']}")
     return build
+
+
+def apply_patch(build: Build, patch: dict, where: str) -> None:
+    """A strategic-merge patch, for its subset the repo uses: `$patch: delete`
+    removes the object; otherwise maps merge, a null removes a field, lists of
+    named items (containers, env, volumes) merge by name, other lists are replaced."""
+    meta = patch["metadata"]
+    targets = [i for i, d in enumerate(build.docs) if d["kind"] == patch["kind"]
+               and d["metadata"]["name"] == meta["name"] and d["metadata"].get("namespace") == meta.get("namespace")]
+    assert len(targets) == 1, f"{where}: patch for {patch['kind']}/{meta['name']} matches {len(targets)} objects"
+    (i,) = targets
+    if patch.get("$patch") == "delete":
+        del build.docs[i]
+    else:
+        build.docs[i] = strategic_merge(build.docs[i], patch)
+
+
+def strategic_merge(base, patch):
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = strategic_merge(out[key], value) if key in out else value
+        return out
+    named = lambda items: isinstance(items, list) and all(isinstance(x, dict) and "name" in x for x in items)
+    if named(base) and named(patch):
+        out = list(base)
+        for item in patch:
+            at = [j for j, x in enumerate(out) if x["name"] == item["name"]]
+            if at:
+                out[at[0]] = strategic_merge(out[at[0]], item)
+            else:
+                out.append(item)
+        return out
+    return patch
 
 
 def pod_spec(doc: dict) -> dict | None:

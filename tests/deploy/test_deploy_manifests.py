@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -275,25 +276,35 @@ def control_deployment(build):
     return d
 
 
+def on_postgres(build) -> bool:
+    (container,) = dl.pod_spec(control_deployment(build))["containers"]
+    return any(e["name"] == "KEYBRAKE_DATABASE_URL" for e in container.get("env", []))
+
+
 def test_control_secrets_are_the_env_vars_it_reads(build):
-    """The generated Secret's keys, the control container's secretKeyRefs and
-    the secrets `keybrake serve` loads (control/src/serve.rs) are one set."""
+    """The generated Secrets' keys, the control container's secretKeyRefs and
+    the secrets `keybrake serve` loads (control/src/serve.rs), plus the
+    database URL on PostgreSQL (it holds a password), are one set."""
     wanted = dl.control_secret_env_vars()
     assert wanted == {"KEYBRAKE_STRIPE_SECRET_KEY", "KEYBRAKE_ADMIN_KEY"}, wanted
+    if on_postgres(build):
+        wanted = wanted | {"KEYBRAKE_DATABASE_URL"}
     control = control_deployment(build)
     (container,) = dl.pod_spec(control)["containers"]
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
             if "secretKeyRef" in e.get("valueFrom", {})}
     assert set(refs) == wanted
     assert all(r["key"] == name for name, r in refs.items()), "each secret under its env var's name"
-    (secret_name,) = {r["name"] for r in refs.values()}
-    secret = build.one("Secret", secret_name, control["metadata"]["namespace"])
-    assert "x-generated-by" in secret, "the Secret comes from the secretGenerator, not from a file in git"
-    assert set(secret["data"]) == wanted
-    # The committed example holds no secret: empty values, which `keybrake serve` refuses.
-    assert all(v == "" for v in secret["data"].values())
-    gitignore = (dl.ENVOY_DIR / "k8s" / ".gitignore").read_text().split()
-    assert "secrets.env" in gitignore
+    secrets = [build.one("Secret", n, control["metadata"]["namespace"]) for n in sorted({r["name"] for r in refs.values()})]
+    assert all("x-generated-by" in s for s in secrets), "Secrets come from a secretGenerator, not from a file in git"
+    assert set().union(*(s["data"] for s in secrets)) == wanted
+    # The committed examples hold no secret: empty values, which `keybrake serve` refuses.
+    assert all(v == "" for s in secrets for v in s["data"].values())
+    for secret in secrets:
+        directory = Path(secret["x-generated-by"]).parent
+        ignored = (directory / ".gitignore").read_text().split()
+        for example in directory.glob("*.env.example"):
+            assert example.name.removesuffix(".example") in ignored, f"{directory}: the real {example.stem} is git-ignored"
 
 
 def test_control_env_vars_exist(build):
@@ -312,10 +323,22 @@ def test_control_env_vars_exist(build):
     assert env["KEYBRAKE_DATA_DIR"] in mounts, "the SQLite directory is on the volume"
 
 
-def test_control_is_single_writer(build):
-    """SQLite: one replica, never two at once."""
+def test_control_replicas_fit_the_storage(build):
+    """SQLite: one replica, never two at once, its file on a claim. PostgreSQL:
+    several replicas, rolled one at a time, no state on the pods."""
     control = control_deployment(build)
-    assert control["spec"].get("replicas", 1) == 1 and control["spec"]["strategy"]["type"] == "Recreate"
+    spec = control["spec"]
+    volumes = {v["name"]: v for v in dl.pod_spec(control)["volumes"]}
+    if on_postgres(build):
+        assert spec["replicas"] >= 2 and spec["strategy"]["type"] == "RollingUpdate"
+        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        assert not build.find("PersistentVolumeClaim") and "persistentVolumeClaim" not in volumes["data"]
+        (pdb,) = build.find("PodDisruptionBudget", namespace=control["metadata"]["namespace"])
+        assert dl.selects(pdb["spec"]["selector"], dl.pod_labels(control))
+    else:
+        assert spec.get("replicas", 1) == 1 and spec["strategy"]["type"] == "Recreate"
+        build.one("PersistentVolumeClaim", volumes["data"]["persistentVolumeClaim"]["claimName"],
+                  control["metadata"]["namespace"])
 
 
 def control_service(build):

@@ -113,6 +113,19 @@ def test_a_control_service_that_cannot_open_its_storage_refuses_to_start(tmp_pat
     assert proc.returncode != 0 and str(blocker) in proc.stderr and "READY" not in proc.stdout
 
 
+def test_an_empty_database_url_refuses_to_start_rather_than_fall_back_to_sqlite(tmp_path):
+    """A PostgreSQL deployment whose URL secret was left empty must not run
+    each replica on a SQLite file of its own (each would keep its own caps)."""
+    proc = subprocess.run([str(control_binary()), "serve"], env={**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY,
+                          "KEYBRAKE_ADMIN_KEY": ADMIN_KEY, "KEYBRAKE_DATA_DIR": str(tmp_path / "data"),
+                          "KEYBRAKE_DATABASE_URL": "", "KEYBRAKE_GRPC_LISTEN": "127.0.0.1:0",
+                          "KEYBRAKE_HTTP_LISTEN": "127.0.0.1:0"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "READY" not in proc.stdout
+    assert "KEYBRAKE_DATABASE_URL" in proc.stderr and "empty" in proc.stderr
+    assert not (tmp_path / "data" / "keybrake.db").exists()
+
+
 def test_json_logs_carry_no_secret(fresh_stack):
     s: Stack = fresh_stack(control_env={"KEYBRAKE_LOG_FORMAT": "json", "KEYBRAKE_LOG": "debug"})
     key = s.issue_key(label="logs")
