@@ -1,7 +1,8 @@
 // Drives the Keybrake console in Debian's headless Chromium (playwright-core,
 // never a downloaded browser) the way an operator would: log in, issue keys
 // from the form, charge through the gateway with the vault key shown once,
-// watch the charge reach the audit table and the spend bar, revoke every key
+// watch the charge reach the audit table and the spend bar, page a key's
+// records with the cursor and filter them by key and time, revoke every key
 // under the prefix after the confirmation, and see the next call refused.
 //
 // Run by tests/console/test_console.py, which reads the JSON summary printed
@@ -116,7 +117,9 @@ try {
   await screenshot("key-issued");
   await page.click("#back-to-keys");
   await createKey(`${prefix}-2`, "POST /v1/charges\nGET /v1/charges/*", "10");
-  assert.match((await page.textContent("#vault-key")).trim(), /^vk_/);
+  const vaultKey2 = (await page.textContent("#vault-key")).trim();
+  assert.match(vaultKey2, /^vk_/);
+  const keyId2 = (await page.textContent("#created-id")).trim();
 
   // 3. The key list, filtered by the prefix: nothing spent yet.
   await go(`/admin/ui/keys?label_prefix=${encodeURIComponent(prefix)}`);
@@ -166,6 +169,41 @@ try {
   assert.ok((await rows.count()) >= 1);
   assert.equal(await page.locator("#audit tbody tr:not(.decision-denied)").count(), 0);
   await screenshot("audit-denials");
+
+  // 7b. Sixty records of the second key: the table pages with the API's
+  // cursor (50 a page), and the key and time filters narrow it.
+  // Amounts differ: identical charges would be one operation (content dedup), replayed.
+  for (let i = 0; i < 30; i++) assert.equal(await charge(vaultKey2, 10 + i, `${prefix}-page-${i}`), 200);
+  for (let i = 0; ; i++) {
+    const r = await fetch(`${base}/admin/audit?key_id=${keyId2}&limit=100`, { headers: { Authorization: `Bearer ${adminKey}` } });
+    const n = (await r.json()).data.length;
+    if (n === 60) break;
+    assert.ok(i < 40, `the second key's sixty records never all reached the audit log (${n})`);
+    await page.waitForTimeout(250);
+  }
+  await go("/admin/ui/audit");
+  await page.fill("#audit-filters input[name=key_id]", keyId2);
+  await Promise.all([page.waitForLoadState("load"), page.click("#audit-filters button[type=submit]")]);
+  await checkPage();
+  const seqs = async () => (await page.locator("#audit tbody tr").evaluateAll(
+    (trs) => trs.map((tr) => [Number(tr.dataset.seq), tr.querySelector("td:nth-child(3) .sub").textContent.trim()])));
+  const first = await seqs();
+  assert.equal(first.length, 50);
+  assert.ok(first.every(([, key]) => key === keyId2), "the key filter shows that key's records only");
+  await screenshot("audit-page-1");
+  await Promise.all([page.waitForLoadState("load"), page.click("#older")]);
+  await checkPage();
+  const older = await seqs();
+  assert.equal(older.length, 10);
+  assert.ok(older.every(([seq, key]) => key === keyId2 && seq < Math.min(...first.map(([s]) => s))), "page 2 is older");
+  assert.equal(await page.locator("#older").count(), 0, "no page 3");
+  await screenshot("audit-page-2");
+  result.paging = { first: first.length, older: older.length };
+  const minute = (ms) => new Date(ms).toISOString().slice(0, 16); // a browser's datetime, taken as UTC
+  await go(`/admin/ui/audit?key_id=${keyId2}&since=${minute(Date.now() + 3600e3)}`);
+  assert.equal(await page.locator("#no-rows").count(), 1, "nothing since an hour from now");
+  await go(`/admin/ui/audit?key_id=${keyId2}&since=${minute(Date.now() - 3600e3)}&until=${minute(Date.now() + 3600e3)}`);
+  assert.equal(await page.locator("#audit tbody tr").count(), 50, "everything within the hour around now");
 
   // 8. The spend bar moved.
   await go(`/admin/ui/keys?label_prefix=${encodeURIComponent(prefix)}`);

@@ -2,7 +2,8 @@
 drive.mjs (playwright-core), against a real stack (stand-in Stripe, the
 control service, Envoy with the filter). The browser logs in, issues keys
 from the form, charges through the gateway with the vault key it was shown
-once, sees the charge in the audit table and the spend bar move, revokes
+once, sees the charge in the audit table and the spend bar move, pages a
+key's sixty records (50, then 10 older) and narrows them by key and time, revokes
 every key under the prefix after the confirmation, and sees the next call
 refused. Screenshots go to target/console-screenshots/.
 
@@ -49,11 +50,12 @@ def test_an_operator_issues_charges_audits_and_revokes_in_a_browser(console_stac
     assert result["statuses"] == {"charge": 200, "retry": 200, "over_cap": 429, "after_revoke": 401}
     assert "This will stop 2 keys" in result["confirmation"]
     assert result["bar_width"] == 95, "$29.99 of a $50 cap is 95 of the bar's 160 pixels"
+    assert result["paging"] == {"first": 50, "older": 10}, "60 records of one key: a page of 50, then 10 older"
 
     # The gateway's side of what the browser saw: one charge reached Stripe
     # (the retry was replayed, the over-cap and revoked calls never left).
     charges = console_stack.upstream_requests(method="POST", path="/v1/charges")
-    assert len(charges) == charges_before + 1
+    assert len(charges) == charges_before + 1 + 30, "the first key's charge and the second key's thirty"
     rows = console_stack.audit(label_prefix=prefix)
     decisions = [(r["stage"], r["decision"], r["reason"]) for r in rows if r["key_id"] == result["key_id"]]
     assert ("outcome", "allowed", "committed") in decisions
