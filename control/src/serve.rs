@@ -144,7 +144,7 @@ async fn load_fx_file(app: &App, path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Expires leases of calls no gateway settled, and purges finished idempotency records.
+/// Expires leases of calls no gateway settled, and purges finished idempotency records and ended console sessions.
 async fn sweep(app: Arc<App>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -155,6 +155,7 @@ async fn sweep(app: Arc<App>, every: Duration) {
             .write(move |l| {
                 let expired = expire_leases(l, now_us)?;
                 let purged = l.purge_idempotency(now_us / 1_000_000)?;
+                l.purge_sessions(now_us / 1_000_000)?;
                 Ok((expired, purged))
             })
             .await;

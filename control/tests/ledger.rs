@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use keybrake_control::wire::authorize_response::Verdict;
 use keybrake_control::wire::{price, Outcome, Price, SettleRequest};
-use support::{backends, charge, Harness};
+use support::{backends, charge, Harness, START_US};
 
 fn verdict(h: &Harness, r: keybrake_control::wire::AuthorizeResponse) -> Verdict {
     let _ = h;
@@ -266,5 +266,28 @@ async fn a_callers_key_reused_on_another_endpoint_is_refused() {
         let mut elsewhere = first.clone();
         elsewhere.path = "/v1/transfers".into();
         assert_eq!(denied_code(verdict(&h, h.app.authorize(elsewhere).await)), "idempotency_key_reused", "{}", h.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sessions_expire_end_at_logout_and_are_purged() {
+    for h in backends().await {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let now = START_US / 1_000_000;
+        h.app.store.write(move |l| l.insert_session(&a, "csrf-a", now + 10)).await.unwrap();
+        h.app.store.write(move |l| l.insert_session(&b, "csrf-b", now + 20)).await.unwrap();
+        let at = |t: i64, id: [u8; 32]| {
+            let store = h.app.store.clone();
+            async move { store.read(move |l| l.session(&id, t)).await.unwrap() }
+        };
+        assert_eq!(at(now, a).await.as_deref(), Some("csrf-a"), "{}", h.name);
+        assert_eq!(at(now + 10, a).await, None, "{}: the expiry is absolute", h.name);
+        assert_eq!(at(now, [3u8; 32]).await, None, "{}", h.name);
+        // The same id twice is refused, not overwritten.
+        assert!(h.app.store.write(move |l| l.insert_session(&a, "other", now + 99)).await.is_err(), "{}", h.name);
+        h.app.store.write(move |l| l.delete_session(&b)).await.unwrap();
+        assert_eq!(at(now, b).await, None, "{}: logout ends it", h.name);
+        let purged = h.app.store.write(move |l| l.purge_sessions(now + 10)).await.unwrap();
+        assert_eq!(purged, 1, "{}: the expired session is purged", h.name);
     }
 }

@@ -2,6 +2,7 @@
 PostgreSQL. Caps, idempotency and the audit chain hold across all of them,
 because the database's own atomicity decides, not any one process."""
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from support.cluster import Cluster, fresh_database, postgres_url
-from support.stack import wait_for
+from support.stack import ADMIN_KEY, wait_for
 
 if not postgres_url():
     if os.environ.get("KEYBRAKE_REQUIRE_POSTGRES"):
@@ -128,3 +129,21 @@ def test_a_revocation_on_one_replica_stops_cached_reads_at_every_envoy(cluster):
         for envoy in (0, 1):
             r = httpx.get(f"{cluster.url(envoy)}/stripe/v1/charges/ch_{i}", headers={"Authorization": f"Bearer {key['vault_key']}"})
             assert r.status_code == 401, (envoy, r.text)
+
+
+def test_a_console_session_is_known_to_every_replica_and_logout_ends_it_everywhere(cluster):
+    """Sessions live in the shared database: a browser logged in through one
+    replica is logged in at the other (a load balancer may send it to either),
+    and logging out at one ends the session at both."""
+    replica = [f"http://127.0.0.1:{port}" for port in cluster.http_ports]
+    login = httpx.post(f"{replica[0]}/admin/ui/login", data={"admin_key": ADMIN_KEY}, timeout=10)
+    assert login.status_code == 303 and login.headers["location"] == "/admin/ui/keys"
+    cookies = {"keybrake_console": login.cookies["keybrake_console"]}
+    page = httpx.get(f"{replica[1]}/admin/ui/keys", cookies=cookies, timeout=10)
+    assert page.status_code == 200 and "Vault keys" in page.text
+    csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text).group(1)
+    out = httpx.post(f"{replica[1]}/admin/ui/logout", data={"csrf": csrf}, cookies=cookies, timeout=10)
+    assert out.status_code == 303 and out.headers["location"] == "/admin/ui/login"
+    for url in replica:
+        after = httpx.get(f"{url}/admin/ui/keys", cookies=cookies, timeout=10)
+        assert after.status_code == 303 and after.headers["location"] == "/admin/ui/login", url

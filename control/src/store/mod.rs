@@ -143,6 +143,13 @@ pub trait Ledger {
     /// Chained rows in chain order after chain position `after`.
     fn audit_rows(&mut self, after: i64, limit: usize) -> StoreResult<Vec<AuditRow>>;
 
+    /// Starts a console session (by the SHA-256 of its id) with its CSRF token.
+    fn insert_session(&mut self, id_hash: &[u8; 32], csrf: &str, expires_at: i64) -> StoreResult<()>;
+    /// The CSRF token of a session still live at `now`.
+    fn session(&mut self, id_hash: &[u8; 32], now: i64) -> StoreResult<Option<String>>;
+    fn delete_session(&mut self, id_hash: &[u8; 32]) -> StoreResult<()>;
+    fn purge_sessions(&mut self, now: i64) -> StoreResult<u64>;
+
     fn ping(&mut self) -> StoreResult<()>;
 }
 

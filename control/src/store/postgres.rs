@@ -732,6 +732,38 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
         rows.iter().map(audit_from_row).collect()
     }
 
+    fn insert_session(&mut self, id_hash: &[u8; 32], csrf: &str, expires_at: i64) -> StoreResult<()> {
+        self.c
+            .execute(
+                "INSERT INTO console_sessions (id_hash, csrf, expires_at) VALUES ($1, $2, $3)",
+                &[&id_hash.as_slice(), &csrf, &expires_at],
+            )
+            .map(|_| ())
+            .map_err(pg)
+    }
+
+    fn session(&mut self, id_hash: &[u8; 32], now: i64) -> StoreResult<Option<String>> {
+        let row = self
+            .c
+            .query_opt(
+                "SELECT csrf FROM console_sessions WHERE id_hash = $1 AND expires_at > $2",
+                &[&id_hash.as_slice(), &now],
+            )
+            .map_err(pg)?;
+        row.map(|r| r.try_get(0).map_err(pg)).transpose()
+    }
+
+    fn delete_session(&mut self, id_hash: &[u8; 32]) -> StoreResult<()> {
+        self.c
+            .execute("DELETE FROM console_sessions WHERE id_hash = $1", &[&id_hash.as_slice()])
+            .map(|_| ())
+            .map_err(pg)
+    }
+
+    fn purge_sessions(&mut self, now: i64) -> StoreResult<u64> {
+        self.c.execute("DELETE FROM console_sessions WHERE expires_at <= $1", &[&now]).map_err(pg)
+    }
+
     fn ping(&mut self) -> StoreResult<()> {
         self.c.query_one("SELECT 1", &[]).map(|_| ()).map_err(pg)
     }

@@ -839,6 +839,37 @@ impl Ledger for SqliteLedger<'_> {
             .map_err(sql_error)
     }
 
+    fn insert_session(&mut self, id_hash: &[u8; 32], csrf: &str, expires_at: i64) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("INSERT INTO console_sessions (id_hash, csrf, expires_at) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![id_hash.as_slice(), csrf, expires_at]))
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn session(&mut self, id_hash: &[u8; 32], now: i64) -> StoreResult<Option<String>> {
+        self.conn
+            .prepare_cached("SELECT csrf FROM console_sessions WHERE id_hash = ?1 AND expires_at > ?2")
+            .and_then(|mut s| s.query_row(params![id_hash.as_slice(), now], |r| r.get(0)).optional())
+            .map_err(sql_error)
+    }
+
+    fn delete_session(&mut self, id_hash: &[u8; 32]) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("DELETE FROM console_sessions WHERE id_hash = ?1")
+            .and_then(|mut s| s.execute(params![id_hash.as_slice()]))
+            .map(|_| ())
+            .map_err(sql_error)
+    }
+
+    fn purge_sessions(&mut self, now: i64) -> StoreResult<u64> {
+        self.conn
+            .prepare_cached("DELETE FROM console_sessions WHERE expires_at <= ?1")
+            .and_then(|mut s| s.execute(params![now]))
+            .map(|n| n as u64)
+            .map_err(sql_error)
+    }
+
     fn ping(&mut self) -> StoreResult<()> {
         self.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql_error)
     }

@@ -48,10 +48,9 @@ pub use session::Authed;
 /// Where the console lives; the session cookie is scoped to this path.
 pub const BASE: &str = "/admin/ui";
 
-/// The console's state: the application, the sessions, and where Envoy's admin interface is.
+/// The console's state: the application (whose store keeps the sessions), and where Envoy's admin interface is.
 pub struct Console {
     pub app: Arc<App>,
-    pub sessions: session::Sessions,
     /// From `KEYBRAKE_ENVOY_ADMIN_URL`; `None` when unset or empty.
     pub envoy_admin_url: Option<String>,
 }
@@ -60,7 +59,7 @@ pub struct Console {
 /// own state, so it fits a router of any state type.
 pub fn router<S: Clone + Send + Sync + 'static>(app: Arc<App>) -> Router<S> {
     let envoy_admin_url = app.envoy_admin_url.clone();
-    let console = Arc::new(Console { app, sessions: session::Sessions::default(), envoy_admin_url });
+    let console = Arc::new(Console { app, envoy_admin_url });
     Router::new()
         .route(BASE, get(|| async { Redirect::to("/admin/ui/") }))
         .route("/admin/ui/", get(index))

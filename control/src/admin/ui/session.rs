@@ -14,15 +14,15 @@
 //! (no script reads it), `SameSite=Strict` (no other site's page sends it),
 //! `Path=/admin/ui` (the API never sees it) and, when the request came over
 //! https as told by `X-Forwarded-Proto` (Envoy, or a load balancer in front of
-//! it, sets that header), `Secure`. The server keeps only the SHA-256 of the
-//! id, in memory, with an absolute expiry of 8 hours; logout deletes it. A
-//! session lives in the replica that made it: with several control replicas,
-//! route `/admin/ui/` with session affinity (or log in again after a switch).
-//! A restart ends every session, which is fine for a console.
+//! it, sets that header), `Secure`. The store keeps only the SHA-256 of the
+//! id, with an absolute expiry of 8 hours; logout deletes it, and the sweeper
+//! purges expired ones. Being in the store, a session is known to every
+//! control replica on the same database (a browser may reach any of them) and
+//! survives a restart.
 //!
 //! We chose server-side sessions over an HMAC token derived from the admin
-//! key because the vault keeps only the admin key's hash, logout must really
-//! end a session, and nothing needs to survive a restart.
+//! key because the vault keeps only the admin key's hash and logout must
+//! really end a session.
 //!
 //! **CSRF.** Each session has its own random CSRF token, put in a hidden
 //! `csrf` field of every form the console renders; every `POST` compares it
@@ -30,8 +30,6 @@
 //! wrong. `SameSite=Strict` already keeps cross-site requests from carrying
 //! the cookie; the token also covers browsers and proxies that get that wrong.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -46,24 +44,13 @@ use subtle::ConstantTimeEq;
 
 use super::html::{self, esc};
 use super::{Console, Shared, BASE};
+use crate::app::App;
+use crate::store::StoreError;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "keybrake_console";
 /// A session's absolute lifetime.
 pub const TTL: Duration = Duration::from_secs(8 * 3600);
-/// Sessions kept at most; the one closest to expiry makes room for a new one.
-const MAX_SESSIONS: usize = 1024;
-
-struct Entry {
-    csrf: String,
-    expires: Instant,
-}
-
-/// Live sessions, by the SHA-256 of their id (so the map never holds a usable cookie).
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Entry>>,
-}
 
 fn random_hex() -> Option<String> {
     let mut bytes = [0u8; 32];
@@ -75,33 +62,33 @@ fn digest(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
 }
 
-impl Sessions {
-    /// A new session: its id (the cookie) and its CSRF token. `None` without an entropy source.
-    pub fn create(&self, now: Instant) -> Option<(String, String)> {
-        let (id, csrf) = (random_hex()?, random_hex()?);
-        let mut map = self.map.lock().ok()?;
-        map.retain(|_, e| e.expires > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k) {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(digest(&id), Entry { csrf: csrf.clone(), expires: now + TTL });
-        Some((id, csrf))
-    }
+fn now_secs(app: &App) -> i64 {
+    app.clock.now_us() / 1_000_000
+}
 
-    /// The session's CSRF token, if the id names a live session.
-    pub fn get(&self, id: &str, now: Instant) -> Option<Authed> {
-        let key = digest(id);
-        let map = self.map.lock().ok()?;
-        map.get(&key).filter(|e| e.expires > now).map(|e| Authed { csrf: e.csrf.clone(), key })
-    }
-
-    pub fn remove(&self, key: &[u8; 32]) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(key);
+/// Starts a session; returns its id (the cookie). `None` without an entropy source or a store.
+async fn create_session(app: &App) -> Option<String> {
+    let (id, csrf) = (random_hex()?, random_hex()?);
+    let (key, now) = (digest(&id), now_secs(app));
+    let expires_at = now.saturating_add(i64::try_from(TTL.as_secs()).unwrap_or(i64::MAX));
+    let stored = app.store.write(move |l| {
+        l.purge_sessions(now)?;
+        l.insert_session(&key, &csrf, expires_at)
+    });
+    match stored.await {
+        Ok(()) => Some(id),
+        Err(e) => {
+            tracing::error!(error = %e, "console session not stored");
+            None
         }
     }
+}
+
+/// The live session a cookie names, if any.
+async fn session(app: &App, id: &str) -> Result<Option<Authed>, StoreError> {
+    let (key, now) = (digest(id), now_secs(app));
+    let csrf = app.store.read(move |l| l.session(&key, now)).await?;
+    Ok(csrf.map(|csrf| Authed { csrf, key }))
 }
 
 /// A request with a live session. As an extractor it refuses the rest:
@@ -144,10 +131,28 @@ impl FromRequestParts<std::sync::Arc<Console>> for Authed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, c: &std::sync::Arc<Console>) -> Result<Authed, Response> {
-        if let Some(a) = cookie(&parts.headers, COOKIE).and_then(|id| c.sessions.get(id, Instant::now())) {
-            return Ok(a);
-        }
         let api = parts.uri.path().starts_with("/admin/ui/api/");
+        if let Some(id) = cookie(&parts.headers, COOKIE) {
+            match session(&c.app, id).await {
+                Ok(Some(a)) => return Ok(a),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "console session lookup failed");
+                    let message = "The control service's storage is unavailable; try again shortly.";
+                    if api {
+                        let body = serde_json::json!({"error": {"message": message, "code": "storage_unavailable"}});
+                        return Err((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
+                    }
+                    let body = html::page(
+                        "Unavailable",
+                        None,
+                        None,
+                        &format!("<h1>Unavailable</h1><p class=\"error\">{message}</p>"),
+                    );
+                    return Err(html::respond(StatusCode::SERVICE_UNAVAILABLE, body));
+                }
+            }
+        }
         if api {
             let body = serde_json::json!({"error": {"message": "Not logged in to the console.", "code": "no_session"}});
             return Err((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response());
@@ -200,7 +205,11 @@ fn login_form(message: Option<&str>) -> String {
 
 /// `GET /admin/ui/login`: the form, or straight to the keys when already logged in.
 pub async fn login_page(State(c): Shared, headers: HeaderMap) -> Response {
-    if cookie(&headers, COOKIE).and_then(|id| c.sessions.get(id, Instant::now())).is_some() {
+    let live = match cookie(&headers, COOKIE) {
+        Some(id) => matches!(session(&c.app, id).await, Ok(Some(_))),
+        None => false,
+    };
+    if live {
         return (StatusCode::SEE_OTHER, [(header::LOCATION, "/admin/ui/keys")]).into_response();
     }
     html::respond(StatusCode::OK, login_form(None))
@@ -230,7 +239,7 @@ pub async fn login(State(c): Shared, req: Request) -> Response {
         tracing::warn!(source = %from, "console login refused: wrong admin key");
         return html::respond(StatusCode::UNAUTHORIZED, login_form(Some("That is not the admin key.")));
     }
-    let Some((id, _csrf)) = c.sessions.create(now) else {
+    let Some(id) = create_session(&c.app).await else {
         return html::respond(StatusCode::SERVICE_UNAVAILABLE, login_form(Some("Could not start a session.")));
     };
     tracing::info!(source = %from, "console login");
@@ -270,7 +279,17 @@ pub async fn logout(
     if let Some(refused) = auth.csrf_refusal(&form.csrf) {
         return refused;
     }
-    c.sessions.remove(&auth.key);
+    let key = auth.key;
+    if let Err(e) = c.app.store.write(move |l| l.delete_session(&key)).await {
+        tracing::error!(error = %e, "console logout not stored");
+        let body = html::page(
+            "Unavailable",
+            None,
+            None,
+            "<h1>Unavailable</h1><p class=\"error\">The session could not be ended (storage unavailable); try again.</p>",
+        );
+        return html::respond(StatusCode::SERVICE_UNAVAILABLE, body);
+    }
     (
         StatusCode::SEE_OTHER,
         [(header::LOCATION, "/admin/ui/login".to_owned()), (header::SET_COOKIE, set_cookie(None, is_https(&headers)))],
@@ -283,24 +302,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sessions_expire_and_end_at_logout() {
-        let s = Sessions::default();
-        let t0 = Instant::now();
-        let (id, csrf) = s.create(t0).unwrap();
-        assert_eq!(id.len(), 64);
-        let a = s.get(&id, t0).unwrap();
-        assert_eq!(a.csrf, csrf);
-        assert!(s.get("not-a-session", t0).is_none());
-        assert!(s.get(&id, t0 + TTL).is_none(), "absolute expiry");
-        s.remove(&a.key);
-        assert!(s.get(&id, t0).is_none());
-    }
-
-    #[test]
     fn csrf_must_match_exactly() {
-        let s = Sessions::default();
-        let (id, csrf) = s.create(Instant::now()).unwrap();
-        let a = s.get(&id, Instant::now()).unwrap();
+        let csrf = random_hex().unwrap();
+        let a = Authed { csrf: csrf.clone(), key: digest("session") };
         assert!(a.csrf_refusal(&csrf).is_none());
         assert!(a.csrf_refusal("").is_some());
         assert!(a.csrf_refusal(&csrf[1..]).is_some());
