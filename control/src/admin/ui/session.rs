@@ -143,13 +143,7 @@ impl FromRequestParts<std::sync::Arc<Console>> for Authed {
                         let body = serde_json::json!({"error": {"message": message, "code": "storage_unavailable"}});
                         return Err((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
                     }
-                    let body = html::page(
-                        "Unavailable",
-                        None,
-                        None,
-                        &format!("<h1>Unavailable</h1><p class=\"error\">{message}</p>"),
-                    );
-                    return Err(html::respond(StatusCode::SERVICE_UNAVAILABLE, body));
+                    return Err(unavailable(message));
                 }
             }
         }
@@ -169,6 +163,13 @@ impl FromRequestParts<std::sync::Arc<Console>> for Authed {
         );
         Err(html::respond(StatusCode::UNAUTHORIZED, body))
     }
+}
+
+/// The page for a store that cannot answer: 503, never a pass.
+fn unavailable(message: &str) -> Response {
+    let body =
+        html::page("Unavailable", None, None, &format!("<h1>Unavailable</h1><p class=\"error\">{}</p>", esc(message)));
+    html::respond(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 /// Whether the browser reached us over https (as the proxy in front says).
@@ -282,13 +283,7 @@ pub async fn logout(
     let key = auth.key;
     if let Err(e) = c.app.store.write(move |l| l.delete_session(&key)).await {
         tracing::error!(error = %e, "console logout not stored");
-        let body = html::page(
-            "Unavailable",
-            None,
-            None,
-            "<h1>Unavailable</h1><p class=\"error\">The session could not be ended (storage unavailable); try again.</p>",
-        );
-        return html::respond(StatusCode::SERVICE_UNAVAILABLE, body);
+        return unavailable("The session could not be ended (storage unavailable); try again.");
     }
     (
         StatusCode::SEE_OTHER,
