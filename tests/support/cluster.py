@@ -45,8 +45,11 @@ class Cluster:
                                "--expect-key", REAL_KEY], stdout=subprocess.PIPE, stderr=open(self.workdir / "upstream.log", "a"), text=True)
         self.upstream_port = int(read_ready_line(up, "READY").split()[1])
         self.procs["upstream"] = up
-        self.grpc_ports = [free_port() for _ in range(self.replicas)]
-        self.http_ports = [free_port() for _ in range(self.replicas)]
+        # Port 0 at first start: a port picked beforehand could be taken (for
+        # instance by another replica's database connections) before the
+        # replica binds it. A restart reuses the ports the replica reported.
+        self.grpc_ports = [0] * self.replicas
+        self.http_ports = [0] * self.replicas
         for i in range(self.replicas):
             self.start_replica(i)
         for i in range(self.envoys):
@@ -59,7 +62,10 @@ class Cluster:
                "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_ports[i]}"}
         proc = subprocess.Popen([str(control_binary()), "serve"], env=env, stdout=subprocess.PIPE,
                                 stderr=open(self.workdir / f"control{i}.log", "a"), text=True)
-        read_ready_line(proc, "READY")
+        ready_line = read_ready_line(proc, "READY")
+        bound = dict(part.split("=", 1) for part in ready_line.split()[1:])
+        self.grpc_ports[i] = int(bound["grpc"].rsplit(":", 1)[1])
+        self.http_ports[i] = int(bound["http"].rsplit(":", 1)[1])
         self.procs[f"control{i}"] = proc
         ready = httpx.get(f"http://127.0.0.1:{self.http_ports[i]}/readyz", timeout=10).json()
         assert ready["storage"] == "postgres", ready
