@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -58,10 +59,29 @@ def filter_wasm() -> Path:
     return p
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, for a process about to bind it. Picked below
+    the kernel's ephemeral range: a port from that range (what binding port 0
+    gives) can be taken by any outgoing connection, such as a control
+    service's database pool, before the process binds it."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(20000, low) if low > 21000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free loopback port")
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> Any:
