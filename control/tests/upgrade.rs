@@ -183,23 +183,26 @@ fn old_data() -> OldData {
     OldData { key, statements, head: (2, prev) }
 }
 
+/// A value boxed as the driver at hand binds it (the two drivers' `ToSql` differ).
+macro_rules! bind {
+    ($v:expr) => {
+        match $v {
+            V::I64(i) => Box::new(*i),
+            V::I32(i) => Box::new(*i),
+            V::NullI64 => Box::new(None::<i64>),
+            V::Bool(b) => Box::new(*b),
+            V::Text(s) => Box::new(s.clone()),
+            V::Bytes(b) => Box::new(b.clone()),
+        }
+    };
+}
+
 fn sqlite_v1(path: &std::path::Path, data: &OldData) {
     let mut conn = rusqlite::Connection::open(path).unwrap();
     schema::sqlite::migrations::runner().set_target(refinery::Target::Version(1)).run(&mut conn).unwrap();
     for (sql, values) in &data.statements {
-        let params: Vec<Box<dyn rusqlite::ToSql>> = values
-            .iter()
-            .map(|v| -> Box<dyn rusqlite::ToSql> {
-                match v {
-                    V::I64(i) => Box::new(*i),
-                    V::I32(i) => Box::new(*i),
-                    V::NullI64 => Box::new(None::<i64>),
-                    V::Bool(b) => Box::new(*b),
-                    V::Text(s) => Box::new(s.clone()),
-                    V::Bytes(b) => Box::new(b.clone()),
-                }
-            })
-            .collect();
+        let params: Vec<Box<dyn rusqlite::ToSql>> =
+            values.iter().map(|v| -> Box<dyn rusqlite::ToSql> { bind!(v) }).collect();
         // SQLite reads `$1` as a numbered parameter too.
         conn.execute(sql, rusqlite::params_from_iter(params.iter().map(|p| p.as_ref()))).unwrap();
     }
@@ -209,19 +212,8 @@ fn postgres_v1(url: &str, data: &OldData) {
     let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
     schema::postgres::migrations::runner().set_target(refinery::Target::Version(1)).run(&mut client).unwrap();
     for (sql, values) in &data.statements {
-        let params: Vec<Box<dyn postgres::types::ToSql + Sync>> = values
-            .iter()
-            .map(|v| -> Box<dyn postgres::types::ToSql + Sync> {
-                match v {
-                    V::I64(i) => Box::new(*i),
-                    V::I32(i) => Box::new(*i),
-                    V::NullI64 => Box::new(None::<i64>),
-                    V::Bool(b) => Box::new(*b),
-                    V::Text(s) => Box::new(s.clone()),
-                    V::Bytes(b) => Box::new(b.clone()),
-                }
-            })
-            .collect();
+        let params: Vec<Box<dyn postgres::types::ToSql + Sync>> =
+            values.iter().map(|v| -> Box<dyn postgres::types::ToSql + Sync> { bind!(v) }).collect();
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
         client.execute(*sql, &refs).unwrap();
     }
