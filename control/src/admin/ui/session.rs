@@ -71,10 +71,8 @@ async fn create_session(app: &App) -> Option<String> {
     let (id, csrf) = (random_hex()?, random_hex()?);
     let (key, now) = (digest(&id), now_secs(app));
     let expires_at = now.saturating_add(i64::try_from(TTL.as_secs()).unwrap_or(i64::MAX));
-    let stored = app.store.write(move |l| {
-        l.purge_sessions(now)?;
-        l.insert_session(&key, &csrf, expires_at)
-    });
+    // Expired sessions are purged by the sweeper (serve.rs), not here.
+    let stored = app.store.write(move |l| l.insert_session(&key, &csrf, expires_at));
     match stored.await {
         Ok(()) => Some(id),
         Err(e) => {
