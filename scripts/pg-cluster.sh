@@ -41,7 +41,7 @@ case "${1:-}" in
       [ "$(id -u)" = 0 ] && chown postgres "$dir"
       as_owner "$bin/initdb" -D "$dir/data" -U keybrake --auth=trust -E UTF8 >/dev/null
       # fsync stays on: the tests check durability. Small settings for a 2-core machine.
-      as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -o \
+      as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 300 -o \
         "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=64MB" start >/dev/null
     fi
     echo "postgres://keybrake@127.0.0.1:$port/postgres"

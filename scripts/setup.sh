@@ -9,6 +9,7 @@
 #   browser  Debian's Chromium and npm's playwright-core (pinned in
 #            tests/console/package-lock.json) for the console's browser test;
 #            playwright-core never downloads a browser, the test uses /usr/bin/chromium
+#   load     stress-ng, for scripts/test-under-load.sh (not part of the default set)
 # Usage: scripts/setup.sh [base] [wasm] [python] ...   (no argument: all of them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +96,7 @@ for s in "${steps[@]}"; do
     python) setup_python ;;
     postgres) setup_postgres ;;
     browser) setup_browser ;;
+    load) apt_install stress-ng ;;
     *) log "unknown step: $s"; exit 2 ;;
   esac
 done

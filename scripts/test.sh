@@ -6,7 +6,27 @@
 #   scripts/test.sh -k charge    extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step() { printf '\n=== %s\n' "$*"; }
+
+# Each step's duration is printed when it ends, and all of them with the total
+# at exit, passed or failed (the budget is in DEVELOPERS.md).
+steps=() current="" step_started=$SECONDS
+end_step() {
+  [ -n "$current" ] || return 0
+  local took=$((SECONDS - step_started))
+  steps+=("$(printf '%6ss  %s' "$took" "$current")")
+  printf '=== %s: %ss\n' "$current" "$took"
+  current=""
+}
+step() { end_step; current="$*"; step_started=$SECONDS; printf '\n=== %s\n' "$*"; }
+summary() {
+  local status=$?
+  end_step
+  printf '\n=== durations\n'
+  printf '%s\n' "${steps[@]}"
+  printf '%6ss  total (%s)\n' "$SECONDS" "$([ "$status" = 0 ] && echo passed || echo "FAILED, exit $status")"
+}
+cleanup() { summary; [ -z "${pg_started:-}" ] || scripts/pg-cluster.sh stop; }
+trap cleanup EXIT
 
 step "set-up"
 scripts/setup.sh
@@ -18,7 +38,7 @@ step "clippy (wasm32)"
 scripts/build-filter.sh --clippy
 step "PostgreSQL (a throwaway cluster on loopback)"
 pg_url=$(scripts/pg-cluster.sh start)
-trap 'scripts/pg-cluster.sh stop' EXIT
+pg_started=1
 # Every storage test runs against SQLite and this server; missing it is an error, not a skip.
 export KEYBRAKE_TEST_DATABASE_URL=$pg_url KEYBRAKE_REQUIRE_POSTGRES=1
 step "unit and property tests"

@@ -1,4 +1,8 @@
-"""Shared pytest fixtures: real Keybrake stacks on loopback (see support/stack.py)."""
+"""Shared pytest fixtures: real Keybrake stacks on loopback (see support/stack.py).
+
+A failing test's report ends with what the processes it used (Envoy, the
+control service, the Stripe stand-in...) logged while it ran, so a failure in
+CI can be understood from CI's output alone (support/processes.py)."""
 import sys
 from pathlib import Path
 
@@ -6,7 +10,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from support import processes  # noqa: E402
 from support.stack import Stack  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.keybrake_log_marks = processes.marks()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        text = processes.report(getattr(item, "keybrake_log_marks", {}))
+        if text:
+            report.sections.append(("logs of the processes the test used", text))
 
 
 @pytest.fixture(scope="module")

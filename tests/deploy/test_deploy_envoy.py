@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 import deploylib as dl
-from support.stack import free_port, wait_for
+from support import processes
+from support.stack import free_port
 
 sys.path.insert(0, str(dl.ROOT / "scripts"))
 import envoy_config  # noqa: E402
@@ -155,11 +156,10 @@ def test_kuberay_gateway_runs_and_drains(envoy, wasm, tmp_path):
         except OSError:
             return None
 
-    log = (tmp_path / "envoy.log").open("w")
-    proc = subprocess.Popen([str(envoy), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
-                             "--drain-time-s", "1"], stdout=log, stderr=subprocess.STDOUT)
+    proc = processes.launch("envoy", [envoy, "-c", path, "--disable-hot-restart", "--concurrency", "1",
+                                      "--drain-time-s", "1"], tmp_path / "envoy.log")
     try:
-        wait_for(lambda: status(ports[9902], "/ready") == 200, timeout=30, what="Envoy ready")
+        processes.wait_ready(lambda: status(ports[9902], "/ready") == 200, "Envoy to be ready", [proc])
         assert status(ports[9902], "/stats") == 404, "only /ready of the admin API is exposed"
         assert status(ports[10000], "/elsewhere") == 404
         drain = subprocess.run(["bash", str(dl.ENVOY_DIR / "kuberay" / "drain.sh")], capture_output=True, text=True,
@@ -170,10 +170,4 @@ def test_kuberay_gateway_runs_and_drains(envoy, wasm, tmp_path):
         assert b"listener_manager.listener_stopped: 2" in stats, "both listeners drained and stopped"
         assert status(ports[10000], "/elsewhere") is None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        processes.stop(proc)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import stripe
 
-from support.stack import Stack
+from support.stack import Stack, wait_for
 
 SCRIPT = Path(__file__).parent / "scripts" / "bill_once.py"
 
@@ -62,7 +62,9 @@ def test_the_replay_carries_idempotent_replayed(stack):
 
 def test_the_same_charge_twice_concurrently_is_forwarded_once(stack):
     key = stack.issue_key(label="concurrent")
-    stack.set_faults(delay_ms=300, match_path="/v1/charges")
+    # Whichever call arrives first is held at the upstream until the other was
+    # refused as in flight (the SDK then retries it, and gets the replay).
+    stack.set_faults(hold=True, match_path="/v1/charges")
     results: list = [None, None]
 
     def one(i: int):
@@ -73,31 +75,35 @@ def test_the_same_charge_twice_concurrently_is_forwarded_once(stack):
         threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        wait_for(lambda: "idempotency_key_in_use" in [r["reason"] for r in stack.audit(key_id=key["id"], decision="denied")],
+                 what="the second call refused while the first is in flight")
     finally:
         stack.clear_faults()
-    assert results[0] == results[1]
+    for t in threads:
+        t.join()
+    assert results[0] == results[1] and results[0] is not None, results
     assert len(charges_for(stack, "cus_conc")) == 1
     assert spent(stack, key["id"]) == 29.99, "one spend entry, not two"
-    decisions = [r["reason"] for r in stack.audit(key_id=key["id"], decision="denied")]
-    assert "idempotency_key_in_use" in decisions, "the second arrived while the first was in flight"
 
 
 def test_in_flight_duplicates_get_409_in_stripes_shape(stack):
     key = stack.issue_key(label="409")
-    stack.set_faults(delay_ms=400, match_path="/v1/charges")
+    # The first call is held at the upstream until the second was answered: in flight for sure.
+    stack.set_faults(hold=True, match_path="/v1/charges")
     try:
-        t = threading.Thread(target=lambda: stack.call("POST", "/stripe/v1/charges", key["vault_key"], data=params("cus_409")))
+        first: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: first.append(
+            stack.call("POST", "/stripe/v1/charges", key["vault_key"], data=params("cus_409"))))
         t.start()
-        import time
-        time.sleep(0.15)
+        wait_for(lambda: [r for r in stack.upstream_requests(method="POST", path="/v1/charges")
+                          if r["params"].get("customer") == "cus_409" and r["status"] is None], what="the first call held upstream")
         r = stack.call("POST", "/stripe/v1/charges", key["vault_key"], data=params("cus_409"))
-        t.join()
     finally:
         stack.clear_faults()
-    assert r.status_code == 409
+    t.join()
+    assert r.status_code == 409, r.text
     assert r.json()["error"] == {**r.json()["error"], "type": "idempotency_error", "code": "idempotency_key_in_use"}
+    assert first[0].status_code == 200, first[0].text
 
 
 @pytest.mark.parametrize("new_key_per_attempt", [False, True])

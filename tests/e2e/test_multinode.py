@@ -56,7 +56,9 @@ def test_200_concurrent_charges_over_two_envoys_and_two_replicas_stop_at_the_cap
 
 def test_the_same_idempotency_key_at_both_envoys_at_once_is_forwarded_once(cluster):
     key = cluster.issue_key(label="multi-idem", dedup="idempotency_key")
-    cluster.set_faults(delay_ms=400, match_path="/v1/charges")
+    # The call that wins is held at the upstream until the other was answered,
+    # so the other one surely meets it in flight (409), however slow the machine.
+    cluster.set_faults(hold=True, match_path="/v1/charges")
     barrier = threading.Barrier(2)
     codes = [0, 0]
 
@@ -68,10 +70,11 @@ def test_the_same_idempotency_key_at_both_envoys_at_once_is_forwarded_once(clust
         threads = [threading.Thread(target=one, args=(e,)) for e in (0, 1)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        wait_for(lambda: 409 in codes, what="the second call refused while the first is in flight")
     finally:
         cluster.clear_faults()
+    for t in threads:
+        t.join()
     assert sorted(codes) == [200, 409]
     assert len(cluster.upstream_requests(method="POST", path="/v1/charges")) == 1
     again = charge(cluster, 1, key["vault_key"], "cus_same", **{"Idempotency-Key": "order-9"})

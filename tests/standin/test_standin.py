@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import http.client
 import select
-import subprocess
 import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 import stripe
+
+from support import processes
+from support.stack import wait_for
 
 STANDIN = Path(__file__).with_name("stripe_standin.py")
 KEY = "sk_test_standin"
@@ -25,16 +29,10 @@ class Standin:
     """A running stand-in process and its test hooks."""
 
     def __init__(self, *extra_args: str):
-        self.process = subprocess.Popen(
-            [sys.executable, str(STANDIN), "--port", "0", "--expect-key", KEY, *extra_args],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        ready, _, _ = select.select([self.process.stdout], [], [], 10)
-        line = self.process.stdout.readline() if ready else ""
-        if not line.startswith("READY "):
-            self.process.kill()
-            raise RuntimeError(f"the stand-in did not print READY, got {line!r}")
+        log = Path(tempfile.mkdtemp(prefix="standin-")) / "standin.log"
+        self.process = processes.launch("stand-in", [sys.executable, STANDIN, "--port", "0", "--expect-key", KEY,
+                                                     *extra_args], log, stdout_pipe=True)
+        line = processes.read_ready_line(self.process, "READY ")
         self.port = int(line.split()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.hooks = httpx.Client(base_url=f"{self.url}/__standin")
@@ -57,9 +55,7 @@ class Standin:
 
     def stop(self) -> None:
         self.hooks.close()
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        self.process.stdout.close()
+        processes.stop(self.process)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +89,7 @@ CHARGE = {"amount": 1234, "currency": "USD", "source": "tok_visa"}
 
 def test_prints_only_the_ready_line(standin):
     standin.client().v1.charges.create(params=CHARGE)
-    ready, _, _ = select.select([standin.process.stdout], [], [], 0.2)
+    ready, _, _ = select.select([standin.process.popen.stdout], [], [], 0.2)
     assert not ready, "the stand-in wrote to stdout after READY"
 
 
@@ -234,6 +230,23 @@ def test_delay_fault_holds_the_response(standin):
     standin.client().v1.balance.retrieve()
 
     assert time.monotonic() - started >= 0.3
+
+
+def test_hold_fault_answers_only_once_released(standin):
+    standin.set_faults(hold=True, match_path="/v1/charges")
+    answered: list[int] = []
+    caller = threading.Thread(target=lambda: answered.append(
+        httpx.post(f"{standin.url}/v1/charges", data={"amount": 100, "currency": "usd"},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60).status_code))
+    caller.start()
+    held = wait_for(lambda: [r for r in standin.requests(path="/v1/charges") if r["status"] is None], what="the held charge")
+    assert len(held) == 1 and standin.counts()["charges"] == 1, "processed and recorded, not yet answered"
+    standin.client().v1.balance.retrieve()  # other paths are not held
+    assert answered == []
+    standin.hooks.post("/release").raise_for_status()
+    caller.join(timeout=60)
+    assert answered == [200]
+    assert [r["status"] for r in standin.requests(path="/v1/charges")] == [200]
 
 
 def test_bracket_params_round_trip(standin):

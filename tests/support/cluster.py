@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from support import processes
 from support.stack import ADMIN_KEY, REAL_KEY, ROOT, control_binary, envoy_binary, envoy_config, filter_wasm, free_port, \
-    read_ready_line, wait_for
+    read_ready_line
 
 
 def postgres_url() -> str | None:
@@ -37,14 +38,14 @@ class Cluster:
     http_ports: list[int] = field(default_factory=list)
     listen_ports: list[int] = field(default_factory=list)
     admin_ports: list[int] = field(default_factory=list)
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    procs: dict[str, processes.Proc] = field(default_factory=dict)
 
     def start(self) -> "Cluster":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        up = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin" / "stripe_standin.py"), "--port", "0",
-                               "--expect-key", REAL_KEY], stdout=subprocess.PIPE, stderr=open(self.workdir / "upstream.log", "a"), text=True)
-        self.upstream_port = int(read_ready_line(up, "READY").split()[1])
+        up = processes.launch("stand-in", [sys.executable, ROOT / "tests" / "standin" / "stripe_standin.py", "--port", "0",
+                                           "--expect-key", REAL_KEY], self.workdir / "upstream.log", stdout_pipe=True)
         self.procs["upstream"] = up
+        self.upstream_port = int(read_ready_line(up, "READY").split()[1])
         # Port 0 at first start: a port picked beforehand could be taken (for
         # instance by another replica's database connections) before the
         # replica binds it. A restart reuses the ports the replica reported.
@@ -60,13 +61,13 @@ class Cluster:
         env = {**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY, "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
                "KEYBRAKE_DATABASE_URL": self.database_url, "KEYBRAKE_GRPC_LISTEN": f"127.0.0.1:{self.grpc_ports[i]}",
                "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_ports[i]}"}
-        proc = subprocess.Popen([str(control_binary()), "serve"], env=env, stdout=subprocess.PIPE,
-                                stderr=open(self.workdir / f"control{i}.log", "a"), text=True)
+        proc = processes.launch(f"control{i}", [control_binary(), "serve"], self.workdir / f"control{i}.log", env=env,
+                                 stdout_pipe=True)
+        self.procs[f"control{i}"] = proc
         ready_line = read_ready_line(proc, "READY")
         bound = dict(part.split("=", 1) for part in ready_line.split()[1:])
         self.grpc_ports[i] = int(bound["grpc"].rsplit(":", 1)[1])
         self.http_ports[i] = int(bound["http"].rsplit(":", 1)[1])
-        self.procs[f"control{i}"] = proc
         ready = httpx.get(f"http://127.0.0.1:{self.http_ports[i]}/readyz", timeout=10).json()
         assert ready["storage"] == "postgres", ready
 
@@ -81,26 +82,18 @@ class Cluster:
         path = self.workdir / f"envoy{i}.yaml"
         path.write_text(config)
         log = self.workdir / f"envoy{i}.log"
-        self.procs[f"envoy{i}"] = subprocess.Popen(
-            [str(envoy_binary()), "-c", str(path), "--concurrency", "2", "--disable-hot-restart", "-l", "warning",
-             "--log-path", str(log)], stdout=open(log, "a"), stderr=subprocess.STDOUT)
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{self.admin_ports[i]}/ready", timeout=1).text.strip() == "LIVE",
-                 what=f"envoy{i}")
+        proc = processes.launch(f"envoy{i}", [envoy_binary(), "-c", path, "--concurrency", "2", "--disable-hot-restart",
+                                              "-l", "warning", "--log-path", log], log)
+        self.procs[f"envoy{i}"] = proc
+        processes.wait_ready(lambda: httpx.get(f"http://127.0.0.1:{self.admin_ports[i]}/ready", timeout=1).text.strip() == "LIVE",
+                             f"envoy{i} to be ready", [proc])
 
     def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        processes.stop(self.procs.pop(name), signal.SIGKILL)
 
     def stop(self) -> None:
         for name in sorted(self.procs, key=lambda n: (not n.startswith("envoy"), n)):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            processes.stop(self.procs[name])
         self.procs.clear()
 
     def url(self, envoy: int) -> str:

@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import envoy_config  # noqa: E402
 import envoy_drain  # noqa: E402
 
+from support import processes  # noqa: E402
+
 REAL_KEY = "sk_test_keybrake_real_4242"
 ADMIN_KEY = "kb_admin_test_0123456789abcdef"
 
@@ -84,32 +86,32 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port")
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> Any:
+    """Polls `predicate` until it returns something truthy, for at most
+    `timeout` seconds. Fails at once, with its log, when a process the tests
+    started exits on its own meanwhile (waiting longer cannot help then), and
+    otherwise names what it waited for and the last thing it saw."""
+    watched = [p for p in processes.REGISTRY if p.alive() and not p.stopped]
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
+    last: Any = None
+    while True:
         try:
             value = predicate()
             if value:
                 return value
+            last = value
         except Exception as e:  # noqa: BLE001 - we report the last one
-            last_error = e
+            last = e
+        for p in watched:
+            if p.died():
+                raise processes.ProcessDied(f"waiting for {what}: {p.describe()}; last lines of its log:\n{p.tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last seen: {last!r}")
         time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}: {last_error}")
 
 
-def read_ready_line(proc: subprocess.Popen, prefix: str, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode} before {prefix!r}")
-            continue
-        if line.startswith(prefix):
-            return line.strip()
-    raise TimeoutError(f"no {prefix!r} line")
+def read_ready_line(proc: "processes.Proc", prefix: str) -> str:
+    return processes.read_ready_line(proc, prefix)
 
 
 @dataclass
@@ -129,7 +131,7 @@ class Stack:
     listen_port: int = 0
     envoy_admin_port: int = 0
     upstream_port: int = 0
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    procs: dict[str, processes.Proc] = field(default_factory=dict)
     backend: str = field(default_factory=lambda: os.environ.get("KEYBRAKE_E2E_BACKEND", "sqlite"))
 
     # ---------- lifecycle ----------
@@ -148,20 +150,19 @@ class Stack:
         return self
 
     def start_upstream(self) -> None:
-        log = open(self.workdir / "upstream.log", "a")
+        log = self.workdir / "upstream.log"
         if self.upstream == "standin":
-            proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "tests" / "standin" / "stripe_standin.py"), "--port", "0", "--expect-key", REAL_KEY,
-                 *self.upstream_args],
-                stdout=subprocess.PIPE, stderr=log, text=True,
-            )
+            proc = processes.launch("stand-in", [sys.executable, ROOT / "tests" / "standin" / "stripe_standin.py", "--port", "0",
+                                             "--expect-key", REAL_KEY, *self.upstream_args], log, stdout_pipe=True)
+            self.procs["upstream"] = proc
             self.upstream_port = int(read_ready_line(proc, "READY").split()[1])
         else:
             self.upstream_port = free_port()
-            proc = subprocess.Popen([str(Path(sys.executable).parent / "localstripe"), "--port", str(self.upstream_port)],
-                                    stdout=log, stderr=log, text=True)
-            wait_for(lambda: socket.create_connection(("127.0.0.1", self.upstream_port), timeout=0.2), what="localstripe")
-        self.procs["upstream"] = proc
+            proc = processes.launch("localstripe", [Path(sys.executable).parent / "localstripe", "--port", self.upstream_port],
+                                log)
+            self.procs["upstream"] = proc
+            processes.wait_ready(lambda: socket.create_connection(("127.0.0.1", self.upstream_port), timeout=0.2),
+                             "localstripe to accept connections", [proc])
 
     def start_control(self) -> None:
         """Starts (or restarts, on the same ports and data) the control service."""
@@ -175,13 +176,13 @@ class Stack:
             "KEYBRAKE_LOG": "info",
             **self.control_env,
         }
-        log = open(self.workdir / "control.log", "a")
-        proc = subprocess.Popen([str(control_binary()), "serve"], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = processes.launch("control", [control_binary(), "serve"], self.workdir / "control.log", env=env,
+                            stdout_pipe=True)
+        self.procs["control"] = proc
         ready = read_ready_line(proc, "READY")
         parts = dict(p.split("=", 1) for p in ready.split()[1:])
         self.grpc_port = int(parts["grpc"].rsplit(":", 1)[1])
         self.http_port = int(parts["http"].rsplit(":", 1)[1])
-        self.procs["control"] = proc
 
     def start_envoy(self) -> None:
         if not self.listen_port:
@@ -192,16 +193,14 @@ class Stack:
             self.write_filter_resource(resource)
         path = self.workdir / "envoy.yaml"
         path.write_text(config)
-        log = open(self.workdir / "envoy.log", "a")
-        proc = subprocess.Popen(
-            [str(envoy_binary()), "-c", str(path), "--concurrency", str(self.envoy_concurrency), "--disable-hot-restart",
-             "-l", "warning", "--log-path", str(self.workdir / "envoy.log")],
-            stdout=log, stderr=log,
-        )
+        log = self.workdir / "envoy.log"
+        proc = processes.launch("envoy", [envoy_binary(), "-c", path, "--concurrency", self.envoy_concurrency,
+                                      "--disable-hot-restart", "-l", "warning", "--log-path", log], log)
         self.procs["envoy"] = proc
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{self.envoy_admin_port}/ready", timeout=1).text.strip() == "LIVE",
-                 what="envoy ready")
-        wait_for(lambda: self.admin("GET", "/admin/vault_keys?limit=1").status_code == 200, what="admin API via envoy")
+        processes.wait_ready(lambda: httpx.get(f"http://127.0.0.1:{self.envoy_admin_port}/ready", timeout=1).text.strip() == "LIVE",
+                         "Envoy to be ready", [proc])
+        processes.wait_ready(lambda: self.admin("GET", "/admin/vault_keys?limit=1").status_code == 200,
+                         "the admin API through Envoy", [proc, self.procs["control"]])
 
     def rendered_envoy_config(self) -> str:
         return envoy_config.render(
@@ -235,15 +234,8 @@ class Stack:
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            processes.stop(proc, sig)
 
     def stop_envoy_cleanly(self) -> bool:
         """Drains Envoy until its filters delivered what they queued, then stops it."""
@@ -252,7 +244,7 @@ class Stack:
         return drained
 
     def stop(self) -> None:
-        if "envoy" in self.procs and "control" in self.procs and self.procs["envoy"].poll() is None:
+        if "envoy" in self.procs and "control" in self.procs and self.procs["envoy"].alive():
             self.stop_envoy_cleanly()
         for name in ("envoy", "control", "upstream"):
             self.stop_process(name)
@@ -323,7 +315,7 @@ class Stack:
         assert r.status_code == 200, r.text
         return r.json()["data"]
 
-    def wait_audit(self, predicate, timeout: float = 10.0, **params: Any) -> list[dict]:
+    def wait_audit(self, predicate, timeout: float = 60.0, **params: Any) -> list[dict]:
         """Audit rows of batched records arrive a little after the call."""
         return wait_for(lambda: (rows := self.audit(**params)) and predicate(rows) and rows, timeout, "audit rows")
 
