@@ -14,22 +14,44 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use keybrake_core::pricing::Price;
+use keybrake_core::pricing::{self, Price};
 use keybrake_core::scope::Method;
 use keybrake_core::stripe_error::StripeError;
+use keybrake_core::vault_key::KeyHash;
 use prost::Message;
 
 use crate::config::FilterConfig;
+use crate::credentials;
 use crate::host::{header, Counter, Host, Rpc, Step};
 use crate::key_cache::KeyCache;
 use crate::outbox::Outbox;
 use crate::refusal::Refusal;
-use crate::request::{is_vendor_route, Incoming, Priced};
+use crate::request::{is_vendor_route, Incoming, Priced, FORM_CONTENT_TYPE};
 use crate::wire::{self, authorize_response::Verdict, Outcome};
 
 /// Response headers worth keeping for an idempotent replay.
 const REPLAYED_HEADERS: &[&str] =
     &["content-type", "request-id", "stripe-version", "original-request", "stripe-account"];
+
+/// The only request headers forwarded to the vendor (besides pseudo-headers):
+/// the ones Stripe reads, with the values the filter checked or set. Anything
+/// else a lenient server might honour (`X-Original-URL`, `X-HTTP-Method`,
+/// `Content-Encoding`, forwarding headers) never leaves the gateway.
+const FORWARDED_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "content-length",
+    "idempotency-key",
+    "stripe-account",
+    "stripe-context",
+    "stripe-version",
+    "user-agent",
+    "x-stripe-client-user-agent",
+    "accept",
+    "accept-language",
+    // Set by Envoy itself (`use_remote_address`); its router needs it to match the route.
+    "x-forwarded-proto",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -71,6 +93,8 @@ pub struct Flow {
     body_size: usize,
     call: Option<Call>,
     refused: Option<Refusal>,
+    /// The well-formed vault key of a request refused before it was read in full.
+    refused_key: Option<KeyHash>,
     /// Denied or replayed by the control service, which recorded the call itself.
     decided_remotely: bool,
     /// The call id sent with Authorize: if its answer is lost, the control service
@@ -94,6 +118,7 @@ impl Flow {
             body_size: 0,
             call: None,
             refused: None,
+            refused_key: None,
             decided_remotely: false,
             asked: None,
             queued: 0,
@@ -108,7 +133,11 @@ impl Flow {
         }
         self.started_us = host.now_micros();
         match Incoming::from_headers(&self.config, &headers) {
-            Err(refusal) => self.refuse(host, refusal),
+            Err(refusal) => {
+                // The audit record names the key even when the rest of the request was refused.
+                self.refused_key = credentials::vault_key(&headers).ok().map(|k| k.hash());
+                self.refuse(host, refusal)
+            }
             Ok(incoming) => {
                 self.incoming = Some(incoming);
                 if end_of_stream {
@@ -160,10 +189,19 @@ impl Flow {
             Ok(p) => p,
             Err(refusal) => return self.refuse(host, refusal),
         };
+        // From here on the upstream can only ever receive what was priced.
+        if !replace_body(host, incoming.method, self.body_size, &priced.body) {
+            host.log_warn("keybrake: the request body could not be replaced; refusing the call");
+            return self.refuse(host, Refusal::BodyNotReplaced);
+        }
         let call_id = host.new_call_id();
         // Reads with a key this worker knows are decided here, without a round trip.
-        let stateless =
-            incoming.method != Method::Post || (priced.price == Price::Free && incoming.idempotency_key.is_empty());
+        let stateless = !pricing::holds_state(
+            incoming.method,
+            &incoming.target.path,
+            priced.price == Price::Free,
+            !incoming.idempotency_key.is_empty(),
+        );
         let cached = if stateless {
             self.cache.try_borrow().ok().and_then(|c| c.get(&incoming.key_hash).cloned())
         } else {
@@ -188,6 +226,7 @@ impl Flow {
             method: incoming.method.as_str().to_owned(),
             path: incoming.target.path.clone(),
             stripe_account: incoming.stripe_account.clone(),
+            stripe_context: incoming.stripe_context.clone(),
             idempotency_key: incoming.idempotency_key.clone(),
             price: Some(wire::Price::from(&priced.price)),
             fingerprint: priced.fingerprint.clone(),
@@ -271,6 +310,12 @@ impl Flow {
         let Some(incoming) = &self.incoming else {
             return;
         };
+        for (name, _) in host.request_headers() {
+            let forwarded = name.starts_with(':') || FORWARDED_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h));
+            if !forwarded {
+                host.set_request_header(&name, None);
+            }
+        }
         host.set_request_header("authorization", Some(&allow.upstream_authorization));
         let path = incoming.forwarded_path();
         if incoming.raw_path != path {
@@ -477,6 +522,8 @@ impl Flow {
             idempotency_key: incoming.map(|i| i.idempotency_key.clone()).unwrap_or_default(),
             fingerprint: self.priced.as_ref().map(|p| p.fingerprint.clone()).unwrap_or_default(),
             stripe_account: incoming.map(|i| i.stripe_account.clone()).unwrap_or_default(),
+            stripe_context: incoming.map(|i| i.stripe_context.clone()).unwrap_or_default(),
+            vault_key_hash: incoming.map(|i| i.key_hash).or(self.refused_key).map(|h| h.to_vec()).unwrap_or_default(),
             at_us: self.started_us,
             price: self.priced.as_ref().map(|p| wire::Price::from(&p.price)),
             object_id: String::new(),
@@ -497,6 +544,24 @@ impl Flow {
         host.send_local_reply(u32::from(error.status), &pairs, error.body().as_bytes());
         self.stage = Stage::Finished;
     }
+}
+
+/// Makes the request's body the priced parameters, re-encoded, with headers
+/// that say so. `received` is the size of the body as it came (0 if none).
+fn replace_body(host: &mut impl Host, method: Method, received: usize, body: &str) -> bool {
+    host.set_request_header("content-encoding", None);
+    host.set_request_header("transfer-encoding", None);
+    if method != Method::Post {
+        // Priced with no body: none is sent.
+        host.set_request_header("content-type", None);
+        return true;
+    }
+    if (received > 0 || !body.is_empty()) && !host.set_request_body(received, body.as_bytes()) {
+        return false;
+    }
+    host.set_request_header("content-type", Some(FORM_CONTENT_TYPE));
+    host.set_request_header("content-length", Some(&body.len().to_string()));
+    true
 }
 
 /// What Envoy's response code details say about whether the request reached the upstream.

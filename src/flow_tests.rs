@@ -394,3 +394,77 @@ fn an_expired_cached_key_goes_back_to_the_control_service() {
     assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
     assert_eq!(host.dispatched.len(), 1);
 }
+
+#[test]
+fn the_upstream_gets_the_priced_parameters_re_encoded_and_only_the_headers_stripe_reads() {
+    let (mut flow, mut host, _) = setup(
+        "POST",
+        "/stripe/v1/charges",
+        &[
+            ("content-type", "application/x-www-form-urlencoded; charset=UTF-8"),
+            ("content-length", "60"),
+            ("x-original-url", "/v1/payouts"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("stripe-version", "2026-11-01"),
+            ("stripe-account", "acct_1A"),
+        ],
+    );
+    host.request_body = b"currency=usd&amount=100&description=a+b%26amount%3D9&expand[]=x".to_vec();
+    flow.on_request_headers(&mut host, false);
+    let n = host.request_body.len();
+    assert_eq!(flow.on_request_body(&mut host, n, true), Step::Pause);
+    let forwarded = "currency=usd&amount=100&description=a%20b%26amount%3D9&expand[]=x";
+    assert_eq!(host.request_body, forwarded.as_bytes(), "same pairs, same order, values re-encoded");
+    assert_eq!(host.request_header("content-length"), Some(forwarded.len().to_string().as_str()));
+    assert_eq!(host.request_header("content-type"), Some("application/x-www-form-urlencoded"));
+    reply(&mut host, allow(true, ""));
+    flow.on_grpc_response(&mut host, 1, 0, 0);
+    assert_eq!(host.request_header("x-original-url"), None);
+    assert_eq!(host.request_header("x-forwarded-for"), None);
+    assert_eq!(host.request_header("stripe-version"), Some("2026-11-01"));
+    assert_eq!(host.request_header("stripe-account"), Some("acct_1A"));
+    assert_eq!(host.request_header("authorization"), Some("Bearer sk_test_real"));
+}
+
+#[test]
+fn bodies_with_more_than_one_reading_are_refused_before_anything_is_asked() {
+    for (headers, body, code) in [
+        (vec![FORM, ("content-encoding", "gzip")], &b"amount=1&currency=usd"[..], "content_encoding_unsupported"),
+        (
+            vec![("content-type", "application/x-www-form-urlencoded; charset=utf-16")],
+            b"amount=1",
+            "content_type_unsupported",
+        ),
+        (vec![("content-type", "application/json")], b"{\"amount\":1}", "content_type_unsupported"),
+        (vec![FORM], b"amount=1&amount[]=100000&currency=usd", "body_malformed"),
+        (vec![FORM], b"amount=1&amount=100000&currency=usd", "parameter_duplicated"),
+        (vec![FORM], b"amount=0100&currency=usd", "amount_invalid"),
+        (vec![FORM, ("stripe-account", "acct_1,acct_2")], b"amount=1&currency=usd", "account_header_invalid"),
+    ] {
+        let (mut flow, mut host, outbox) = setup("POST", "/stripe/v1/charges", &headers);
+        host.request_body = body.to_vec();
+        let step = match flow.on_request_headers(&mut host, false) {
+            Step::Pause if host.local_reply.is_none() => flow.on_request_body(&mut host, body.len(), true),
+            step => step,
+        };
+        assert_eq!(step, Step::Pause);
+        assert!(host.dispatched.is_empty(), "{code}: nothing asked, nothing forwarded");
+        let (status, _, _) = host.local_reply.clone().expect("a local reply");
+        assert_eq!((status, host.reply_json()["error"]["code"].as_str()), (400, Some(code)));
+        flow.on_log(&mut host);
+        let batch = outbox.borrow_mut().take_batch(10).expect("the refusal is audited");
+        assert_eq!((batch.records[0].decision.as_str(), batch.records[0].reason.as_str()), ("denied", code));
+        assert_eq!(batch.records[0].vault_key_hash, key().hash().to_vec(), "{code}: the record names the key");
+    }
+}
+
+#[test]
+fn a_body_the_host_will_not_replace_is_not_forwarded() {
+    let (mut flow, mut host, _) = setup("POST", "/stripe/v1/charges", &[FORM]);
+    host.fail_set_body = true;
+    host.request_body = b"amount=1&currency=usd".to_vec();
+    flow.on_request_headers(&mut host, false);
+    flow.on_request_body(&mut host, 21, true);
+    assert!(host.dispatched.is_empty());
+    assert_eq!(host.local_reply.as_ref().map(|r| r.0), Some(500));
+}

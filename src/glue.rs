@@ -389,6 +389,10 @@ impl Host for EnvoyHost {
         hc::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
     }
 
+    fn set_request_body(&mut self, size: usize, body: &[u8]) -> bool {
+        hc::set_buffer(BufferType::HttpRequestBody, 0, size, body).is_ok()
+    }
+
     fn response_headers(&self) -> Vec<(String, String)> {
         hc::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
     }

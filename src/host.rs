@@ -65,6 +65,8 @@ pub trait Host {
     /// Sets (or with `None` removes) a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the first `size` bytes of the (whole, buffered) request body; false if the host refused.
+    fn set_request_body(&mut self, size: usize, body: &[u8]) -> bool;
     fn response_headers(&self) -> Vec<(String, String)>;
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
     fn response_body(&self, size: usize) -> Option<Vec<u8>>;

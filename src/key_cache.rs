@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use keybrake_core::account;
 use keybrake_core::scope::{any_matches, Scope};
 use keybrake_core::vault_key::KeyHash;
 
@@ -101,9 +102,7 @@ impl CachedKey {
             && !m.revoked
             && now_secs < m.expires_at
             && any_matches(&self.scopes, incoming.method, &incoming.target.path)
-            && (incoming.stripe_account.is_empty()
-                || m.allowed_accounts.is_empty()
-                || m.allowed_accounts.contains(&incoming.stripe_account))
+            && account::check(&m.allowed_accounts, &incoming.stripe_account, &incoming.stripe_context).is_ok()
     }
 }
 

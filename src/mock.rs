@@ -19,6 +19,7 @@ pub struct MockHost {
     pub resumed_response: u32,
     pub now: i64,
     pub fail_dispatch: bool,
+    pub fail_set_body: bool,
     pub counters: Vec<(Counter, Option<String>)>,
     pub next_token: u32,
     pub ids_made: u32,
@@ -51,6 +52,14 @@ impl Host for MockHost {
     }
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         Some(self.request_body.iter().take(size).copied().collect())
+    }
+    fn set_request_body(&mut self, size: usize, body: &[u8]) -> bool {
+        if self.fail_set_body {
+            return false;
+        }
+        let rest: Vec<u8> = self.request_body.iter().skip(size).copied().collect();
+        self.request_body = [body, &rest].concat();
+        true
     }
     fn response_headers(&self) -> Vec<(String, String)> {
         self.response_headers.clone()

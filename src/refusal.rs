@@ -1,6 +1,7 @@
 //! Refusals the filter makes on its own, before asking the control service:
 //! one typed enum, mapped to Stripe's error shape in one place.
 
+use keybrake_core::account::AccountError;
 use keybrake_core::form::FormError;
 use keybrake_core::path::PathError;
 use keybrake_core::pricing::PricingError;
@@ -21,12 +22,20 @@ pub enum Refusal {
     MethodNotAllowed(String),
     MethodOverride,
     QueryOnPost,
+    /// A query string that cannot be read one way only.
+    Query(FormError),
     ContentType,
+    /// A compressed or otherwise encoded body (it would be priced as sent and read inflated).
+    ContentEncoding,
+    /// Malformed or disagreeing `Stripe-Account` / `Stripe-Context`.
+    Account(AccountError),
     BodyTooLarge(usize),
     BodyNotAllowed,
     Form(FormError),
     Pricing(PricingError),
     ControlUnavailable,
+    /// The host would not let the filter replace the body with what it priced.
+    BodyNotReplaced,
 }
 
 impl Refusal {
@@ -44,7 +53,11 @@ impl Refusal {
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
             Refusal::MethodOverride => "method_override_refused",
             Refusal::QueryOnPost => "query_on_post",
+            Refusal::Query(FormError::Duplicate(_)) => "parameter_duplicated",
+            Refusal::Query(_) => "query_malformed",
             Refusal::ContentType => "content_type_unsupported",
+            Refusal::ContentEncoding => "content_encoding_unsupported",
+            Refusal::Account(_) => "account_header_invalid",
             Refusal::BodyTooLarge(_) => "body_too_large",
             Refusal::BodyNotAllowed => "body_not_allowed",
             Refusal::Form(FormError::Duplicate(_)) => "parameter_duplicated",
@@ -53,8 +66,12 @@ impl Refusal {
             Refusal::Pricing(PricingError::Form(_)) => "body_malformed",
             Refusal::Pricing(PricingError::Missing(_)) => "parameter_missing",
             Refusal::Pricing(PricingError::InvalidCurrency(_) | PricingError::MixedCurrencies) => "currency_invalid",
+            Refusal::Pricing(PricingError::InvalidBoolean { .. } | PricingError::InvalidChoice { .. }) => {
+                "parameter_invalid"
+            }
             Refusal::Pricing(_) => "amount_invalid",
             Refusal::ControlUnavailable => "keybrake_unavailable",
+            Refusal::BodyNotReplaced => "keybrake_internal_error",
         }
     }
 
@@ -73,13 +90,15 @@ impl Refusal {
             Refusal::MethodNotAllowed(m) => e(403, format!("Method {m} is not allowed through Keybrake (only GET, POST and DELETE).")),
             Refusal::MethodOverride => e(400, "Method overrides (X-HTTP-Method-Override, _method) are not accepted.".into()),
             Refusal::QueryOnPost => e(400, "POST requests carry their parameters in the form body, not in the query string.".into()),
-            Refusal::ContentType => e(400, "POST bodies must be application/x-www-form-urlencoded, as Stripe's API expects.".into()),
+            Refusal::Query(why) => e(400, format!("Malformed query string: {why}.")).with_param(why.param()),
+            Refusal::ContentType => e(400, "POST bodies must be application/x-www-form-urlencoded (UTF-8), as Stripe's API expects.".into())
+                .with_param(Some("Content-Type".into())),
+            Refusal::ContentEncoding => e(400, "Request bodies must not be compressed or encoded (Content-Encoding).".into())
+                .with_param(Some("Content-Encoding".into())),
+            Refusal::Account(why) => e(400, format!("Invalid account header: {why}.")).with_param(Some(why.header().into())),
             Refusal::BodyTooLarge(limit) => e(400, format!("The request body is larger than Keybrake's limit of {limit} bytes.")),
             Refusal::BodyNotAllowed => e(400, "GET and DELETE requests must not carry a body.".into()),
-            Refusal::Form(why) => e(400, format!("Malformed request body: {why}.")).with_param(match why {
-                FormError::Duplicate(p) => Some(p.clone()),
-                _ => None,
-            }),
+            Refusal::Form(why) => e(400, format!("Malformed request body: {why}.")).with_param(why.param()),
             Refusal::Pricing(why) => e(400, format!("Cannot price this request: {why}.")).with_param(why.param()),
             Refusal::ControlUnavailable => StripeError::new(
                 503,
@@ -88,6 +107,12 @@ impl Refusal {
                 "Keybrake's control service is unavailable; the request was not sent to Stripe.",
             )
             .with_should_retry(true),
+            Refusal::BodyNotReplaced => StripeError::new(
+                500,
+                ErrorType::ApiError,
+                code,
+                "Keybrake could not forward the request as it priced it; the request was not sent to Stripe.",
+            ),
         }
     }
 }

@@ -1,7 +1,11 @@
 //! What the filter learns from a request before asking the control service:
-//! the route, the canonical method and target, the vault key's hash, and the
-//! headers that shape idempotency. Anything ambiguous is a [`Refusal`].
+//! the route, the canonical method and target, the vault key's hash, the
+//! account it acts on, and the headers that shape idempotency. Anything
+//! ambiguous is a [`Refusal`]. What is forwarded is rebuilt from what was
+//! read here ([`Priced::body`], [`Incoming::forwarded_path`]), never the
+//! client's bytes.
 
+use keybrake_core::account::{self, MAX_ACCOUNT_LEN};
 use keybrake_core::fingerprint::fingerprint;
 use keybrake_core::form::FormParams;
 use keybrake_core::path::{self, Target};
@@ -16,7 +20,8 @@ use crate::refusal::Refusal;
 
 /// Stripe's own limit on `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
-const MAX_ACCOUNT_LEN: usize = 255;
+/// The only body Stripe's API reads (v1): form parameters, in UTF-8.
+pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
 
 /// A request on a vendor route, read from its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +35,22 @@ pub struct Incoming {
     /// The `:path` as received (the canonical one is forwarded when they differ).
     pub raw_path: String,
     pub key_hash: KeyHash,
+    /// The `Stripe-Account` and `Stripe-Context` headers as sent (empty when absent).
     pub stripe_account: String,
+    pub stripe_context: String,
+    /// The account the call acts on (either header; empty for the platform).
+    pub account: String,
     pub idempotency_key: String,
     pub content_type: Option<String>,
 }
 
-/// What the body adds: the price and the fingerprint.
+/// What the body adds: the price, the fingerprint, and the body to forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priced {
     pub price: Price,
     pub fingerprint: String,
+    /// The parameters that were priced, re-encoded: what the upstream receives.
+    pub body: String,
 }
 
 /// Whether a request is for a vendor route at all (others pass through untouched).
@@ -67,7 +78,7 @@ impl Incoming {
         {
             return Err(Refusal::MethodOverride);
         }
-        let target = path::normalize(rest).map_err(Refusal::Path)?;
+        let mut target = path::normalize(rest).map_err(Refusal::Path)?;
         if looks_like_vault_key(&target.path) {
             return Err(Refusal::KeyInQuery);
         }
@@ -79,7 +90,17 @@ impl Incoming {
             if overrides {
                 return Err(Refusal::MethodOverride);
             }
+            // The query is read like a body, and forwarded as re-encoded.
+            let params = FormParams::parse(q.as_bytes()).map_err(Refusal::Query)?;
+            target.query = (!params.is_empty()).then(|| params.encode());
         }
+        let encoding = single(headers, "content-encoding", 64)?;
+        if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+            return Err(Refusal::ContentEncoding);
+        }
+        let stripe_account = single(headers, "stripe-account", MAX_ACCOUNT_LEN)?;
+        let stripe_context = single(headers, "stripe-context", MAX_ACCOUNT_LEN)?;
+        let account = account::acting_account(&stripe_account, &stripe_context).map_err(Refusal::Account)?.to_owned();
         Ok(Incoming {
             vendor: route.vendor.clone(),
             prefix: route.prefix.clone(),
@@ -88,7 +109,9 @@ impl Incoming {
             target,
             raw_path: raw_path.to_owned(),
             key_hash: key.hash(),
-            stripe_account: single(headers, "stripe-account", MAX_ACCOUNT_LEN)?,
+            stripe_account,
+            stripe_context,
+            account,
             idempotency_key: single(headers, "idempotency-key", MAX_IDEMPOTENCY_KEY_LEN)?,
             content_type: header(headers, "content-type").map(str::to_owned),
         })
@@ -110,14 +133,15 @@ impl Incoming {
                 FormParams::default()
             }
         };
-        if let Some(dup) = params.first_duplicate() {
-            return Err(Refusal::Form(keybrake_core::form::FormError::Duplicate(dup.to_owned())));
-        }
         if params.iter().any(|(k, _)| is_method_override_param(k)) {
             return Err(Refusal::MethodOverride);
         }
         let price = pricing::price(self.method, &self.target.path, &params).map_err(Refusal::Pricing)?;
-        Ok(Priced { fingerprint: fingerprint(self.method, &self.target, &self.stripe_account, &params), price })
+        Ok(Priced {
+            fingerprint: fingerprint(self.method, &self.target, &self.account, &params),
+            price,
+            body: params.encode(),
+        })
     }
 
     /// The `:path` to forward: the route prefix plus the canonical target
@@ -133,10 +157,19 @@ fn is_method_override_param(name: &str) -> bool {
     decoded.eq_ignore_ascii_case("_method")
 }
 
+/// `application/x-www-form-urlencoded`, with no parameter but `charset=utf-8`:
+/// a body in another charset would be decoded differently upstream.
 fn is_form(content_type: Option<&str>) -> bool {
-    content_type
-        .and_then(|c| c.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    let Some(value) = content_type else { return false };
+    let mut parts = value.split(';').map(str::trim);
+    let media_type_ok = parts.next().is_some_and(|m| m.eq_ignore_ascii_case(FORM_CONTENT_TYPE));
+    media_type_ok
+        && parts.all(|param| {
+            param.split_once('=').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("charset")
+                    && matches!(value.trim().to_ascii_lowercase().as_str(), "utf-8" | "\"utf-8\"")
+            })
+        })
 }
 
 /// A header that may appear at most once; empty when absent.

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use keybrake_core::account;
+use keybrake_core::pricing;
 use keybrake_core::scope::{any_matches, Method};
 use keybrake_core::vendor::Vendor;
 
@@ -33,6 +35,9 @@ pub struct Limits {
     /// refused with a storage error (well before the filter's own timeout).
     pub store_deadline: std::time::Duration,
 }
+
+/// How long a settlement that suspended a key waits for every worker to drop it.
+const SUSPENSION_PROPAGATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -107,7 +112,12 @@ impl App {
             path: req.path.clone(),
             idempotency_key: req.idempotency_key.clone(),
             fingerprint: req.fingerprint.clone(),
-            stripe_account: req.stripe_account.clone(),
+            // The account the call acts on (Stripe-Account or Stripe-Context; checked below).
+            stripe_account: if req.stripe_account.is_empty() {
+                req.stripe_context.clone()
+            } else {
+                req.stripe_account.clone()
+            },
             ..Default::default()
         };
         let Ok(hash) = <[u8; 32]>::try_from(req.vault_key_hash.as_slice()) else {
@@ -134,7 +144,8 @@ impl App {
             return self.refuse(context, Some(metadata), Denial::BadRequest("unknown method".into())).await;
         };
         let price = req.price.clone().unwrap_or_default();
-        let stateful = method == Method::Post && (price.kind != Kind::Free as i32 || !req.idempotency_key.is_empty());
+        let stateful =
+            pricing::holds_state(method, &req.path, price.kind == Kind::Free as i32, !req.idempotency_key.is_empty());
         if !stateful {
             // Reads and free calls without a caller key hold no state: the
             // filter records them in its audit batches.
@@ -154,7 +165,7 @@ impl App {
             day: day_of(now_us),
             price,
             fx: self.fx(),
-            account: self.vault.account_scope(&req.stripe_account),
+            account: self.vault.account_scope(&context.stripe_account),
             endpoint: format!("{} {}", req.method, req.path),
             fingerprint: req.fingerprint.clone(),
             caller_key: req.idempotency_key.clone(),
@@ -261,14 +272,14 @@ impl App {
     }
 
     pub async fn settle(&self, s: wire::SettleRequest) -> StoreResult<()> {
-        let settlement = settlement_from_wire(s, self.clock.now_us());
+        let settlement = settlement_from_wire(s, self.clock.now_us(), self.fx());
         let settled = {
             let _timer = self.metrics.time_store("write");
             self.store.write_applied(move |l| settle_call(l, &settlement)).await
         };
         match settled {
             Ok(report) => {
-                self.count_settlements(report.into_iter());
+                self.after_settlements(report.into_iter()).await;
                 Ok(())
             }
             Err(e) => {
@@ -278,18 +289,41 @@ impl App {
         }
     }
 
-    fn count_settlements(&self, reports: impl Iterator<Item = Settled>) {
+    /// Counts settlements; a key one of them suspended is dropped from every
+    /// cache before the settlement is answered (and so before the caller hears
+    /// back), so its next call is refused through any replica and worker.
+    async fn after_settlements(&self, reports: impl Iterator<Item = Settled>) {
         for r in reports {
             self.metrics.settlements.with_label_values(&[r.verdict]).inc();
             self.metrics.spend_committed_micros.inc_by(u64::try_from(r.committed_micros).unwrap_or(0));
+            if r.price_mismatch {
+                self.metrics.price_mismatches.inc();
+            }
+            let Some(suspended) = r.suspended else { continue };
+            self.metrics.keys_suspended.inc();
+            tracing::error!(key_id = %suspended.key_id, "a call moved more than was priced: vault key suspended");
+            self.keys.evict(&[suspended.key_hash]);
+            let now_ms = self.clock.now_us() / 1000;
+            let propagated = crate::revocation::wait_propagated(
+                &self.store,
+                &self.revocations,
+                suspended.generation,
+                now_ms,
+                SUSPENSION_PROPAGATION_TIMEOUT,
+            )
+            .await;
+            if !matches!(propagated, Ok(true)) {
+                tracing::warn!(key_id = %suspended.key_id, "suspension not acknowledged by every worker in time");
+            }
         }
     }
 
     /// Appends the filter's batched records (and settles orphaned calls).
     pub async fn record_calls(&self, batch: wire::CallRecordBatch) -> StoreResult<()> {
         let now_us = self.clock.now_us();
+        let fx = self.fx();
         let settlements: Vec<Settlement> =
-            batch.orphaned_settlements.into_iter().map(|s| settlement_from_wire(s, now_us)).collect();
+            batch.orphaned_settlements.into_iter().map(|s| settlement_from_wire(s, now_us, fx.clone())).collect();
         let records: Vec<wire::CallRecord> = batch
             .records
             .into_iter()
@@ -315,7 +349,7 @@ impl App {
                 Ok(reports)
             })
             .await?;
-        self.count_settlements(reports.into_iter());
+        self.after_settlements(reports.into_iter()).await;
         Ok(())
     }
 }
@@ -336,6 +370,7 @@ fn check_key(key: &KeyRecord, req: &wire::AuthorizeRequest, now: i64) -> Result<
     match key.state(now) {
         KeyState::Revoked => return Err(Denial::KeyRevoked),
         KeyState::Expired => return Err(Denial::KeyExpired),
+        KeyState::Suspended => return Err(Denial::KeySuspended),
         KeyState::Active => {}
     }
     if Vendor::parse(&req.vendor) != Some(key.vendor) {
@@ -345,13 +380,7 @@ fn check_key(key: &KeyRecord, req: &wire::AuthorizeRequest, now: i64) -> Result<
     if !in_scope {
         return Err(Denial::OutOfScope { method: req.method.clone(), path: req.path.clone() });
     }
-    if !req.stripe_account.is_empty()
-        && !key.allowed_accounts.is_empty()
-        && !key.allowed_accounts.contains(&req.stripe_account)
-    {
-        return Err(Denial::AccountNotAllowed);
-    }
-    Ok(())
+    account::check(&key.allowed_accounts, &req.stripe_account, &req.stripe_context).map_err(Denial::Account)
 }
 
 fn deny(denial: &Denial, key: Option<wire::KeyMetadata>) -> wire::AuthorizeResponse {
@@ -372,8 +401,9 @@ fn metadata(key: &KeyRecord) -> wire::KeyMetadata {
     }
 }
 
-fn settlement_from_wire(s: wire::SettleRequest, now_us: i64) -> Settlement {
+fn settlement_from_wire(s: wire::SettleRequest, now_us: i64, fx: Arc<FxTable>) -> Settlement {
     Settlement {
+        fx,
         outcome: wire::Outcome::try_from(s.outcome).unwrap_or(wire::Outcome::Uncertain),
         call_id: s.call_id,
         http_status: s.http_status,
@@ -394,6 +424,16 @@ fn entry_from_record(
     r: wire::CallRecord,
     now_us: i64,
 ) -> StoreResult<AuditEntry> {
+    // A call the filter refused before asking names its key by hash only.
+    let mut r = r;
+    if r.key_id.is_empty() {
+        if let Ok(hash) = <[u8; 32]>::try_from(r.vault_key_hash.as_slice()) {
+            if let Some(k) = ledger.key_by_hash(&hash)? {
+                labels.insert(k.id.clone(), k.label);
+                r.key_id = k.id;
+            }
+        }
+    }
     let label = match (r.key_id.is_empty(), labels.get(&r.key_id)) {
         (true, _) => String::new(),
         (false, Some(l)) => l.clone(),
@@ -430,7 +470,7 @@ fn entry_from_record(
         idempotency_key: r.idempotency_key,
         forwarded_idempotency_key: String::new(),
         fingerprint: r.fingerprint,
-        stripe_account: r.stripe_account,
+        stripe_account: if r.stripe_account.is_empty() { r.stripe_context } else { r.stripe_account },
         request_id: r.request_id,
         object_id: r.object_id,
         latency_us: Some(r.latency_us),

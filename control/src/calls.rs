@@ -10,8 +10,9 @@ use crate::denial::Denial;
 use crate::model::{
     AuditEntry, Bucket, CallRow, CallState, IdemRecord, IdemState, KeyRecord, ObjectAmount, StoredResponse,
 };
+use crate::reconcile::{self, at_highest_known_rate, Mismatch};
 use crate::store::{Ledger, StoreError, StoreResult};
-use crate::usd::{resolve, FxTable, Resolved};
+use crate::usd::{resolve, to_usd, FxTable, Resolved};
 use crate::wire::{Outcome, Price};
 
 /// Everything `begin_call` needs, gathered before the transaction.
@@ -303,6 +304,8 @@ pub struct Settlement {
     pub latency_us: u64,
     pub detail: String,
     pub now_us: i64,
+    /// The rates in force, for what an answer says moved in another currency.
+    pub fx: std::sync::Arc<FxTable>,
 }
 
 /// What a settlement does to the money.
@@ -331,11 +334,24 @@ fn verdict(s: &Settlement) -> Verdict {
     }
 }
 
-/// What a settlement did, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a settlement did, for the metrics and the key caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
     pub verdict: &'static str,
     pub committed_micros: i64,
+    /// The answer moved more than was priced (see `reconcile.rs`).
+    pub price_mismatch: bool,
+    /// The key this settlement suspended for it (none if it already was).
+    pub suspended: Option<Suspended>,
+}
+
+/// A key suspended by a settlement: the caches must drop it before the caller hears back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspended {
+    pub key_id: String,
+    pub key_hash: [u8; 32],
+    /// The revocation-log generation that tells every cache to drop it.
+    pub generation: i64,
 }
 
 /// Settles a call. Settling twice (a retried or orphaned settlement) changes
@@ -350,15 +366,19 @@ pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<Optio
     let v = verdict(s);
     let object = if v == Verdict::Committed { parse_object(&s.body, s.now_us / 1_000_000) } else { None };
     let mut amount = call.amount_micros;
+    let mut mismatch: Option<Mismatch> = None;
     let (state, bucket) = match v {
         Verdict::Committed => {
             // An unpriced call is counted after the fact, from what Stripe says it moved.
             if call.unpriced {
-                if let Some(extra) = object.as_ref().and_then(object_usd) {
+                if let Some((extra, known)) = object.as_ref().map(|o| object_usd(o, &s.fx)) {
+                    let to = if known { Bucket::Committed } else { Bucket::Uncertain };
                     ledger.reserve(&call.key_id, call.day, extra, None)?;
-                    ledger.move_spend(&call.key_id, call.day, extra, Bucket::Reserved, Some(Bucket::Committed))?;
+                    ledger.move_spend(&call.key_id, call.day, extra, Bucket::Reserved, Some(to))?;
                     amount += extra;
                 }
+            } else if let Some(m) = reconcile::compare(&call, &s.body, &s.fx) {
+                mismatch = Some(m);
             }
             ledger.move_spend(&call.key_id, call.day, call.amount_micros, call.bucket, Some(Bucket::Committed))?;
             (CallState::Committed, Bucket::Committed)
@@ -433,8 +453,45 @@ pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<Optio
         entry.usd_micros = Some(amount);
     }
     ledger.append_audit(&entry)?;
+    let suspended = match &mismatch {
+        Some(m) => suspend_for(ledger, &call, &entry, m, s.now_us)?,
+        None => None,
+    };
     let committed_micros = if v == Verdict::Committed { amount } else { 0 };
-    Ok(Some(Settled { verdict, committed_micros }))
+    Ok(Some(Settled { verdict, committed_micros, price_mismatch: mismatch.is_some(), suspended }))
+}
+
+/// A call moved more than it was priced at: counts the difference (as
+/// spent, or as uncertain when the rate is unknown), records both readings,
+/// and suspends the key.
+fn suspend_for(
+    ledger: &mut dyn Ledger,
+    call: &CallRow,
+    outcome: &AuditEntry,
+    m: &Mismatch,
+    now_us: i64,
+) -> StoreResult<Option<Suspended>> {
+    let extra = (m.counted_usd.0 - call.amount_micros).max(0);
+    if extra > 0 {
+        let to = if m.rate_known { Bucket::Committed } else { Bucket::Uncertain };
+        ledger.reserve(&call.key_id, call.day, extra, None)?;
+        ledger.move_spend(&call.key_id, call.day, extra, Bucket::Reserved, Some(to))?;
+    }
+    let mut entry = outcome.clone();
+    entry.stage = "reconcile".into();
+    entry.decision = "price_mismatch".into();
+    entry.reason = "moved_more_than_priced".into();
+    entry.amount_minor = Some(m.moved_minor);
+    entry.currency = m.moved_currency.clone();
+    entry.usd_micros = Some(m.counted_usd.0);
+    entry.detail = m.detail.clone();
+    ledger.append_audit(&entry)?;
+    let now = now_us / 1_000_000;
+    let Some(key_hash) = ledger.suspend_key(&call.key_id, now, &m.detail)? else {
+        return Ok(None); // already suspended (or revoked): the caches dropped it then
+    };
+    let generation = ledger.record_revocation(&[key_hash], now)?;
+    Ok(Some(Suspended { key_id: call.key_id.clone(), key_hash, generation }))
 }
 
 /// Pending calls whose gateway never settled them become uncertain: the
@@ -470,10 +527,13 @@ fn object_id(body: &[u8]) -> Option<String> {
     v.get("id")?.as_str().map(str::to_owned)
 }
 
-/// USD value of a USD-denominated object (other currencies need the FX table,
-/// which settlement does not consult; unpriced calls in them stay at zero).
-fn object_usd(o: &ObjectAmount) -> Option<i64> {
-    (o.currency == "usd").then(|| o.amount_minor.checked_mul(10_000)).flatten()
+/// USD value of an object, and whether its currency had a rate: without one
+/// it is counted at the highest rate known (an upper bound, counted as uncertain).
+fn object_usd(o: &ObjectAmount, fx: &FxTable) -> (i64, bool) {
+    match to_usd(o.amount_minor.max(0), &o.currency, false, fx) {
+        Ok(usd) => (usd.0, true),
+        Err(_) => (at_highest_known_rate(o.amount_minor.max(0), &o.currency, false, fx).0, false),
+    }
 }
 
 impl From<StoreError> for Denial {

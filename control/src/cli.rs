@@ -74,6 +74,12 @@ pub enum KeysCommand {
         #[arg(long)]
         label_prefix: Option<String>,
     },
+    /// Lift a key's suspension (one of its calls moved more than Keybrake priced:
+    /// read the audit row with decision price_mismatch first).
+    Reinstate {
+        /// The key's id (key_...).
+        id: String,
+    },
 }
 
 /// Filters shared by `audit query` and `audit export`.
@@ -91,7 +97,7 @@ pub struct AuditFilters {
     /// A Stripe object id (ch_..., pi_...).
     #[arg(long)]
     object_id: Option<String>,
-    /// allowed, denied, replayed or abandoned.
+    /// allowed, denied, replayed, abandoned or price_mismatch.
     #[arg(long)]
     decision: Option<String>,
     #[arg(long)]
@@ -322,6 +328,9 @@ pub fn keys(conn: &Connection, command: KeysCommand) -> Result<(), CliError> {
             print_json(&client.json("POST", "/admin/vault_keys/revoke", &[], Some(&json!({ "label_prefix": p })))?)
         }
         KeysCommand::Revoke { .. } => return Err(CliError::Usage("give a key id or --label-prefix".into())),
+        KeysCommand::Reinstate { id } => {
+            print_json(&client.json("POST", &format!("/admin/vault_keys/{id}/reinstate"), &[], None)?)
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Every reason the control service refuses a call: one typed enum, mapped to
 //! Stripe's error shape in one place. Messages never carry a secret.
 
+use keybrake_core::account::AccountError;
 use keybrake_core::money::UsdMicros;
 use keybrake_core::stripe_error::{ErrorType, StripeError};
 
@@ -11,14 +12,31 @@ pub enum Denial {
     KeyUnknown,
     KeyRevoked,
     KeyExpired,
-    WrongVendor { key_vendor: String, route_vendor: String },
-    OutOfScope { method: String, path: String },
-    AccountNotAllowed,
-    UnpricedNotAllowed { reason: String },
+    /// A call with this key moved more money than was priced (see `reconcile.rs`).
+    KeySuspended,
+    WrongVendor {
+        key_vendor: String,
+        route_vendor: String,
+    },
+    OutOfScope {
+        method: String,
+        path: String,
+    },
+    Account(AccountError),
+    UnpricedNotAllowed {
+        reason: String,
+    },
     CurrencyWithoutRate(String),
     CurrencyInvalid(String),
-    PerCallLimit { limit: UsdMicros, amount: UsdMicros },
-    CapExceeded { cap: UsdMicros, spend: Spend, amount: UsdMicros },
+    PerCallLimit {
+        limit: UsdMicros,
+        amount: UsdMicros,
+    },
+    CapExceeded {
+        cap: UsdMicros,
+        spend: Spend,
+        amount: UsdMicros,
+    },
     IdempotencyInUse,
     IdempotencyMismatch,
     ReplayUnavailable,
@@ -33,9 +51,11 @@ impl Denial {
             Denial::KeyUnknown => "vault_key_unknown",
             Denial::KeyRevoked => "vault_key_revoked",
             Denial::KeyExpired => "vault_key_expired",
+            Denial::KeySuspended => "vault_key_suspended",
             Denial::WrongVendor { .. } => "vault_key_wrong_vendor",
             Denial::OutOfScope { .. } => "endpoint_not_allowed",
-            Denial::AccountNotAllowed => "account_not_allowed",
+            Denial::Account(e) if e.is_malformed() => "account_header_invalid",
+            Denial::Account(_) => "account_not_allowed",
             Denial::UnpricedNotAllowed { .. } => "unpriced_call_not_allowed",
             Denial::CurrencyWithoutRate(_) => "currency_without_fx_rate",
             Denial::CurrencyInvalid(_) => "currency_invalid",
@@ -57,15 +77,21 @@ impl Denial {
             Denial::KeyUnknown => invalid(401, "Invalid vault key provided: no such key.".into()),
             Denial::KeyRevoked => invalid(401, "This vault key has been revoked.".into()),
             Denial::KeyExpired => invalid(401, "This vault key has expired.".into()),
+            Denial::KeySuspended => invalid(
+                401,
+                "This vault key is suspended: one of its calls moved more money than Keybrake priced. \
+                 An operator must reinstate or revoke it."
+                    .into(),
+            )
+            .with_should_retry(false),
             Denial::WrongVendor { key_vendor, route_vendor } => {
                 invalid(403, format!("This vault key is for {key_vendor}, not {route_vendor}."))
             }
             Denial::OutOfScope { method, path } => {
                 invalid(403, format!("This vault key does not allow {method} {path}."))
             }
-            Denial::AccountNotAllowed => {
-                invalid(403, "This vault key does not allow the account in the Stripe-Account header.".into())
-                    .with_param(Some("Stripe-Account".into()))
+            Denial::Account(e) => {
+                invalid(if e.is_malformed() { 400 } else { 403 }, format!("{e}.")).with_param(Some(e.header().into()))
             }
             Denial::UnpricedNotAllowed { reason } => invalid(
                 403,

@@ -65,8 +65,10 @@ impl Gateway for GatewayService {
                         Ok(Some(m)) => app.revocations.ack(sub.id, i64::try_from(m.acked_generation).unwrap_or(0)),
                         _ => break,
                     },
-                    _ = &mut sub.kicked => {
-                        tracing::warn!(watcher = sub.id, "a worker fell behind on revocations; disconnected it");
+                    kick = &mut sub.kicked => {
+                        if kick == Ok(crate::revocation::Kick::Lagging) {
+                            tracing::warn!(watcher = sub.id, "a worker fell behind on revocations; disconnected it");
+                        }
                         break;
                     }
                 }

@@ -4,6 +4,7 @@
 
 use std::str::FromStr;
 
+use keybrake_core::account;
 use keybrake_core::money::UsdMicros;
 use keybrake_core::scope::Scope;
 use keybrake_core::vendor::Vendor;
@@ -47,7 +48,8 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 604800)]
     pub dedup_window_seconds: Option<Number>,
-    /// `Stripe-Account` values the key may act for; empty means any.
+    /// Accounts the key may act on (`Stripe-Account` or `Stripe-Context`), `"self"` for the
+    /// platform's own account (calls with neither header); empty means any.
     #[serde(default)]
     pub allowed_accounts: Vec<String>,
 }
@@ -118,8 +120,14 @@ impl CreateKey {
             ));
         }
         for a in &self.allowed_accounts {
-            if !a.starts_with("acct_") || a.len() > 255 || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(invalid("allowed_accounts", format!("{a:?} is not a Stripe account id (acct_...)")));
+            if !account::is_allowed_entry(a) {
+                return Err(invalid(
+                    "allowed_accounts",
+                    format!(
+                        "{a:?} is not a Stripe account id (acct_...) or \"{}\" (the platform account)",
+                        account::PLATFORM
+                    ),
+                ));
             }
         }
         Ok(ValidKey {
@@ -169,6 +177,8 @@ impl ValidKey {
             created_at: now,
             expires_at: now + self.ttl_secs,
             revoked_at: None,
+            suspended_at: None,
+            suspended_reason: String::new(),
         }
     }
 }
@@ -231,6 +241,10 @@ pub struct KeyView {
     pub created_at: String,
     pub expires_at: String,
     pub revoked_at: Option<String>,
+    /// When a call with the key moved more money than Keybrake priced; refused until reinstated.
+    pub suspended_at: Option<String>,
+    /// What the suspension found (both readings of the call), empty when not suspended.
+    pub suspended_reason: String,
     pub state: KeyState,
     /// UTC day the spend figures are for.
     pub usage_day: String,
@@ -261,6 +275,8 @@ impl KeyView {
             created_at: rfc3339(k.created_at),
             expires_at: rfc3339(k.expires_at),
             revoked_at: k.revoked_at.map(rfc3339),
+            suspended_at: k.suspended_at.map(rfc3339),
+            suspended_reason: k.suspended_reason.clone(),
             state: k.state(now),
             usage_day: day_text(day),
             spent_today_usd: usd_number(UsdMicros(spend.committed)),

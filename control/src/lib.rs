@@ -17,6 +17,7 @@ pub mod key_cache;
 pub mod keys;
 pub mod metrics;
 pub mod model;
+pub mod reconcile;
 pub mod revocation;
 pub mod secrets;
 pub mod serve;

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub settlements: IntCounterVec,
     /// Spend committed by settlements, in micro-dollars.
     pub spend_committed_micros: IntCounter,
+    /// Calls whose answer moved more money than was priced (see `reconcile.rs`).
+    pub price_mismatches: IntCounter,
+    /// Keys suspended for such a call.
+    pub keys_suspended: IntCounter,
     /// Storage latency by operation (`read`, `write`).
     pub store_seconds: HistogramVec,
     /// Failures by kind (`storage`, `bad_request`).
@@ -31,6 +35,13 @@ impl Default for Metrics {
 // Metric definitions are constants: an invalid one is a programming error,
 // caught by `renders_the_exposition_format` before it can ship.
 #[allow(clippy::expect_used)]
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("a valid metric definition");
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+#[allow(clippy::expect_used)] // constant definitions, see `counter`
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric definition");
     let _ = registry.register(Box::new(c.clone()));
@@ -52,9 +63,14 @@ impl Metrics {
         let settlements = counter_vec(&registry, "keybrake_settlements_total", "Settlements by verdict", &["verdict"]);
         let errors = counter_vec(&registry, "keybrake_errors_total", "Failures by kind", &["kind"]);
         let spend_committed_micros =
-            IntCounter::new("keybrake_spend_committed_usd_micros_total", "Spend committed, in micro-dollars")
-                .expect("a valid metric definition");
-        let _ = registry.register(Box::new(spend_committed_micros.clone()));
+            counter(&registry, "keybrake_spend_committed_usd_micros_total", "Spend committed, in micro-dollars");
+        let price_mismatches = counter(
+            &registry,
+            "keybrake_price_mismatches_total",
+            "Calls whose answer moved more money than the gateway priced",
+        );
+        let keys_suspended =
+            counter(&registry, "keybrake_keys_suspended_total", "Vault keys suspended for a price mismatch");
         let store_seconds = HistogramVec::new(
             HistogramOpts::new("keybrake_store_seconds", "Storage operation latency")
                 .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
@@ -62,7 +78,17 @@ impl Metrics {
         )
         .expect("a valid metric definition");
         let _ = registry.register(Box::new(store_seconds.clone()));
-        Metrics { registry, decisions, reservations, settlements, spend_committed_micros, store_seconds, errors }
+        Metrics {
+            registry,
+            decisions,
+            reservations,
+            settlements,
+            spend_committed_micros,
+            price_mismatches,
+            keys_suspended,
+            store_seconds,
+            errors,
+        }
     }
 
     pub fn decision(&self, decision: &str, reason: &str) {

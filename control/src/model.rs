@@ -49,6 +49,9 @@ pub struct KeyRecord {
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// Set when a call moved more money than was priced; refused until reinstated.
+    pub suspended_at: Option<i64>,
+    pub suspended_reason: String,
 }
 
 /// Lifecycle state of a key at a moment.
@@ -58,6 +61,7 @@ pub enum KeyState {
     Active,
     Expired,
     Revoked,
+    Suspended,
 }
 
 impl KeyRecord {
@@ -66,6 +70,8 @@ impl KeyRecord {
             KeyState::Revoked
         } else if now >= self.expires_at {
             KeyState::Expired
+        } else if self.suspended_at.is_some() {
+            KeyState::Suspended
         } else {
             KeyState::Active
         }

@@ -28,7 +28,16 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 struct Watcher {
     acked: i64,
     behind_since: Option<Instant>,
-    kick: Option<oneshot::Sender<()>>,
+    kick: Option<oneshot::Sender<Kick>>,
+}
+
+/// Why a worker's stream is closed by this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// It fell behind on revocations: it must start over with an empty cache.
+    Lagging,
+    /// The replica is stopping: streams end so that it can.
+    ShuttingDown,
 }
 
 /// A worker's subscription.
@@ -36,8 +45,8 @@ pub struct Subscription {
     pub id: u64,
     pub generation: i64,
     pub updates: broadcast::Receiver<Revocation>,
-    /// Fires when the worker is disconnected for lagging.
-    pub kicked: oneshot::Receiver<()>,
+    /// Fires when the worker is disconnected (lagging, or the replica stopping).
+    pub kicked: oneshot::Receiver<Kick>,
 }
 
 pub struct Revocations {
@@ -94,6 +103,19 @@ impl Revocations {
         self.wake.notify_one();
     }
 
+    /// Closes every worker's stream: a stopping replica's graceful shutdown
+    /// waits for open streams, and these never end on their own. The workers
+    /// forget their caches and reconnect (to another replica, or this one restarted).
+    pub fn disconnect_all(&self) {
+        if let Ok(mut w) = self.watchers.lock() {
+            for watcher in w.values_mut() {
+                if let Some(kick) = watcher.kick.take() {
+                    let _ = kick.send(Kick::ShuttingDown);
+                }
+            }
+        }
+    }
+
     pub fn watcher_count(&self) -> usize {
         self.watchers.lock().map(|w| w.len()).unwrap_or(0)
     }
@@ -122,7 +144,7 @@ impl Revocations {
             let since = *watcher.behind_since.get_or_insert(now);
             if now.duration_since(since) > ACK_DEADLINE {
                 if let Some(kick) = watcher.kick.take() {
-                    let _ = kick.send(());
+                    let _ = kick.send(Kick::Lagging);
                 }
                 return false;
             }

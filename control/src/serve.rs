@@ -92,13 +92,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // for delayed ACKs (Nagle's algorithm held ~1% of charges for 40 ms).
     // `Server::tcp_nodelay` does not apply to a listener passed in.
     let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+    // On a signal, both servers stop taking work; the workers' revocation
+    // streams are closed, or the gRPC server would wait for them forever.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn({
+        let app = app.clone();
+        async move {
+            shutdown_signal().await;
+            app.revocations.disconnect_all();
+            let _ = stopping.send(true);
+        }
+    });
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
     let grpc_server = tonic::transport::Server::builder()
         .add_service(GatewayServer::new(GatewayService { app: app.clone() }))
-        .serve_with_incoming_shutdown(grpc_incoming, shutdown_signal());
+        .serve_with_incoming_shutdown(grpc_incoming, stopped());
     let http = http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let http_server = axum::serve(http, crate::admin::router(app.clone())).with_graceful_shutdown(shutdown_signal());
+    let http_server = axum::serve(http, crate::admin::router(app.clone())).with_graceful_shutdown(stopped());
     let (g, h) = tokio::join!(grpc_server, http_server);
     g?;
     h?;

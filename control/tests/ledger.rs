@@ -291,3 +291,74 @@ async fn console_sessions_expire_end_at_logout_and_are_purged() {
         assert_eq!(purged, 1, "{}: the expired session is purged", h.name);
     }
 }
+
+#[tokio::test]
+async fn an_answer_that_moved_more_than_priced_suspends_the_key_and_counts_what_moved() {
+    for h in backends().await {
+        let key = h.key("mismatch", "POST /v1/charges", Some("30"), "").await;
+        let (call_id, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 100, "usd", "a")).await));
+        settle(&h, &call_id, Outcome::Responded, 200, r#"{"id":"ch_1","amount":100000,"currency":"usd"}"#).await;
+        let spend = h.spend(&key).await;
+        assert_eq!(
+            (spend.committed, spend.reserved),
+            (1_000_000_000, 0),
+            "{}: what moved, not what was priced",
+            h.name
+        );
+        let stored = h.app.store.read({
+            let id = key.id.clone();
+            move |l| l.key_by_id(&id)
+        });
+        let stored = stored.await.unwrap().unwrap();
+        assert!(stored.suspended_at.is_some() && stored.suspended_reason.contains("moved 100000 usd"), "{}", h.name);
+        let rows = h.audit_for(&key).await;
+        let mismatch: Vec<_> = rows.iter().filter(|r| r.entry.decision == "price_mismatch").collect();
+        assert_eq!(mismatch.len(), 1, "{}", h.name);
+        assert_eq!(mismatch[0].entry.usd_micros, Some(1_000_000_000));
+        // Refused from now on, whatever the call (the cache was dropped before the answer).
+        assert_eq!(denied_code(verdict(&h, h.app.authorize(charge(&key, 1, "usd", "b")).await)), "vault_key_suspended");
+        // Settling again (a retried settlement) changes nothing.
+        settle(&h, &call_id, Outcome::Responded, 200, r#"{"id":"ch_1","amount":100000,"currency":"usd"}"#).await;
+        assert_eq!(h.spend(&key).await.committed, 1_000_000_000, "{}", h.name);
+        // Reinstated: decided as before (here by the cap, which what moved has used up).
+        let id = key.id.clone();
+        let hash = h.app.store.write(move |l| l.reinstate_key(&id)).await.unwrap();
+        assert_eq!(hash, Some(key.hash));
+        h.app.keys.evict(&[key.hash]);
+        assert_eq!(denied_code(verdict(&h, h.app.authorize(charge(&key, 1, "usd", "c")).await)), "spend_cap_exceeded");
+        // What was priced or less is no mismatch.
+        let fine = h.key("no-mismatch", "POST /v1/charges", Some("30"), "").await;
+        let (call_id, _) = allowed_call(verdict(&h, h.app.authorize(charge(&fine, 200, "usd", "d")).await));
+        settle(&h, &call_id, Outcome::Responded, 200, r#"{"id":"ch_2","amount":200,"currency":"usd"}"#).await;
+        assert_eq!(h.spend(&fine).await.committed, 2_000_000);
+        allowed_call(verdict(&h, h.app.authorize(charge(&fine, 1, "usd", "e")).await));
+    }
+}
+
+#[tokio::test]
+async fn unpriced_calls_count_at_their_currencys_rate_or_an_upper_bound() {
+    for h in backends().await {
+        let rate = keybrake_control::model::FxRate {
+            currency: "eur".into(),
+            usd_per_unit: "1.08".into(),
+            as_of: "2026-12-01".into(),
+        };
+        h.app.store.write(move |l| l.put_fx_rate(&rate, 0)).await.unwrap();
+        h.app.refresh_fx().await.unwrap();
+        let key = h.key("unpriced-fx", "POST /v1/subscriptions", Some("1000"), r#""allow_unpriced_calls":true"#).await;
+        let mut sub = charge(&key, 0, "", "sub-1");
+        sub.path = "/v1/subscriptions".into();
+        sub.price =
+            Some(Price { kind: price::Kind::Unpriced as i32, basis: "a subscription".into(), ..Default::default() });
+        let (call_id, _) = allowed_call(verdict(&h, h.app.authorize(sub.clone()).await));
+        settle(&h, &call_id, Outcome::Responded, 200, r#"{"id":"in_1","amount_due":1000,"currency":"eur"}"#).await;
+        assert_eq!(h.spend(&key).await.committed, 10_800_000, "{}: EUR 10.00 at 1.08, not $0", h.name);
+        // No rate for GBP: counted as uncertain at the highest rate known (EUR's), never at $0.
+        sub.idempotency_key = "sub-2".into();
+        sub.fingerprint = "another".into();
+        let (call_id, _) = allowed_call(verdict(&h, h.app.authorize(sub).await));
+        settle(&h, &call_id, Outcome::Responded, 200, r#"{"id":"in_2","amount_due":1000,"currency":"gbp"}"#).await;
+        let spend = h.spend(&key).await;
+        assert_eq!((spend.committed, spend.uncertain), (10_800_000, 10_800_000), "{}", h.name);
+    }
+}

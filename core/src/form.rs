@@ -1,40 +1,99 @@
 //! Strict `application/x-www-form-urlencoded` parsing with Stripe's bracket
 //! syntax (`metadata[k]=v`, `line_items[0][price_data][unit_amount]=100`,
-//! `expand[]=x`). Keys are kept flat, exactly as Stripe names them; the
-//! parser's job is to refuse what Stripe might read differently from us.
+//! `expand[]=x`), and the one encoding the gateway forwards.
+//!
+//! The gateway never forwards a client's bytes: it forwards [`FormParams::encode`]
+//! of what it parsed and priced. So the parser's job is to accept only what
+//! has one reading, and the encoder's to write it so that any server reads
+//! the same names and values back:
+//!
+//! - names are `name` then bracket groups: `name` of letters, digits and `_`;
+//!   a group is `[]` (append, last only), a decimal index `[0]`, `[1]`... or a
+//!   hash key of letters, digits, `_` and `-`;
+//! - one name is never both a value and a list or hash (`a=1&a[x]=2`), a list
+//!   and a hash, or given twice (except `[]` appends, which Stripe repeats);
+//! - list indices are `0, 1, 2, ...` without gaps or leading zeros;
+//! - values are UTF-8 without control characters other than tab and newlines;
+//! - the encoding keeps every pair in order and percent-encodes every byte of
+//!   a value outside RFC 3986's unreserved set.
+
+use std::collections::BTreeMap;
 
 use crate::path::hex_value;
 
-/// Largest body the parser accepts (the filter enforces its own limit first).
+/// Most parameters a body may have (the filter enforces its own byte limit first).
 pub const MAX_PARAMS: usize = 4096;
 const MAX_KEY_LEN: usize = 512;
 const MAX_DEPTH: usize = 8;
 
-/// Why a body cannot be read.
+/// Why a body cannot be read. Each names the parameter at fault where there is one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormError {
     #[error("the body has a malformed percent-encoding")]
     BadPercentEncoding,
     #[error("the body is not valid UTF-8 after decoding")]
     NotUtf8,
-    #[error("parameter name {0:?} is malformed")]
+    #[error(
+        "parameter name {0:?} is malformed (names are letters, digits and '_', then groups like [key], [0] or [])"
+    )]
     BadKey(String),
+    #[error("parameter {0:?} has a control character in its value")]
+    ControlCharacter(String),
     #[error("the body has more than {MAX_PARAMS} parameters")]
     TooManyParams,
     #[error("parameter {0:?} is given more than once")]
     Duplicate(String),
     #[error("parameter {0:?} has an array index that is not a plain decimal number (like 0, 1, 2)")]
     BadIndex(String),
+    #[error("parameter {0:?} is given both as a value and as a list or hash, or as both a list and a hash")]
+    Conflict(String),
+    #[error("the list {0:?} must be indexed 0, 1, 2... without gaps")]
+    SparseIndex(String),
 }
 
-/// Decoded parameters in the order they came.
+impl FormError {
+    /// The parameter at fault, for Stripe's `param` field.
+    pub fn param(&self) -> Option<String> {
+        match self {
+            FormError::BadKey(p)
+            | FormError::ControlCharacter(p)
+            | FormError::Duplicate(p)
+            | FormError::BadIndex(p)
+            | FormError::Conflict(p)
+            | FormError::SparseIndex(p) => Some(p.clone()),
+            FormError::BadPercentEncoding | FormError::NotUtf8 | FormError::TooManyParams => None,
+        }
+    }
+}
+
+/// Decoded parameters in the order they came; unambiguous by construction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FormParams {
     pairs: Vec<(String, String)>,
 }
 
+/// One bracket group of a parameter name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Group<'a> {
+    Append,
+    Index(u32),
+    Key(&'a str),
+}
+
+/// What the parameters seen so far make of one name (prefix).
+#[derive(Debug, Default)]
+enum Node {
+    #[default]
+    Unseen,
+    Value,
+    List,
+    Indexed(BTreeMap<u32, Node>),
+    Hash(BTreeMap<String, Node>),
+}
+
 impl FormParams {
-    /// Parses a form body. Empty pairs (`a=1&&b=2`) are ignored, as servers do.
+    /// Parses a form body (or a query string). Empty pairs (`a=1&&b=2`) are
+    /// skipped, as every server does; a pair without `=` has an empty value.
     pub fn parse(body: &[u8]) -> Result<FormParams, FormError> {
         let mut pairs = Vec::new();
         for raw in body.split(|&b| b == b'&') {
@@ -49,89 +108,194 @@ impl FormParams {
                 None => (raw, &b""[..]),
             };
             let key = decode_component(k)?;
-            check_key(&key)?;
-            pairs.push((key, decode_component(v)?));
+            groups(&key)?;
+            let value = decode_component(v)?;
+            if value.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+                return Err(FormError::ControlCharacter(key));
+            }
+            pairs.push((key, value));
         }
-        Ok(FormParams { pairs })
+        let params = FormParams { pairs };
+        params.check_structure()?;
+        Ok(params)
     }
 
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    pub fn len(&self) -> usize {
+        self.pairs.len()
     }
 
-    /// The single value of `key`; a key given twice is an error, because
-    /// which one the upstream honours is not ours to guess.
-    pub fn get(&self, key: &str) -> Result<Option<&str>, FormError> {
-        let mut found = None;
-        for (k, v) in &self.pairs {
-            if k == key {
-                if found.is_some() {
-                    return Err(FormError::Duplicate(key.to_owned()));
-                }
-                found = Some(v.as_str());
-            }
-        }
-        Ok(found)
+    pub fn iter(&self) -> impl Iterator<Item = &(String, String)> {
+        self.pairs.iter()
     }
 
-    /// Every parameter name that is given more than once, except array
-    /// appends (`expand[]`), which Stripe defines as repeatable.
-    pub fn first_duplicate(&self) -> Option<&str> {
-        let mut keys: Vec<&str> = self.pairs.iter().map(|(k, _)| k.as_str()).filter(|k| !k.ends_with("[]")).collect();
-        keys.sort_unstable();
-        keys.windows(2).find(|w| w.first() == w.get(1)).and_then(|w| w.first().copied())
+    /// The value of `key`. A parsed body gives every name but `[]` appends at
+    /// most once, so there is one answer.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    /// Canonical encoding: pairs sorted by key (stable, so repeated array
-    /// appends keep their order), minimally percent-encoded. Two bodies that
-    /// Stripe reads the same way encode the same.
+    /// What the gateway forwards: every pair in the order received, names as
+    /// parsed, values percent-encoded outside the unreserved set.
+    pub fn encode(&self) -> String {
+        encode_pairs(self.pairs.iter())
+    }
+
+    /// The same pairs sorted by name (stable, so `[]` appends keep their
+    /// order): two bodies that every server reads alike encode alike. The
+    /// request fingerprint is computed on this.
     pub fn canonical(&self) -> String {
         let mut sorted: Vec<&(String, String)> = self.pairs.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = String::new();
-        for (i, (k, v)) in sorted.into_iter().enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            encode_component(k, &mut out);
-            out.push('=');
-            encode_component(v, &mut out);
-        }
-        out
+        encode_pairs(sorted.into_iter())
     }
 
-    /// Indices `n` for which some `prefix[n]...` key exists, ascending (for `line_items[n]`).
+    /// The indices `0..n` of the list `prefix` (`line_items` for
+    /// `line_items[0][...]`), empty when no parameter starts with it. An error
+    /// when `prefix` names a value or a hash instead of a list.
     pub fn array_indices(&self, prefix: &str) -> Result<Vec<u32>, FormError> {
         let mut out = Vec::new();
-        // The smallest bad key is reported, so the error names the same key
-        // however the body orders its parameters.
-        let mut bad: Option<&String> = None;
+        let mut not_a_list: Option<&str> = None;
         for (k, _) in &self.pairs {
-            let Some(rest) = k.strip_prefix(prefix).and_then(|r| r.strip_prefix('[')) else { continue };
-            // Only canonical indices: `[00]`, `[+1]` or `[x]` would be read
-            // differently here and at Stripe, and a line item priced by one
-            // reader but not the other is money moved past the cap.
-            let idx = rest.split_once(']').map(|(i, _)| i).filter(|i| is_canonical_index(i));
-            match idx.and_then(|i| i.parse().ok()) {
-                Some(i) => out.push(i),
-                None => bad = Some(bad.map_or(k, |b| b.min(k))),
+            let Some(rest) = k.strip_prefix(prefix) else { continue };
+            if rest.is_empty() || rest.starts_with('[') {
+                match rest.strip_prefix('[').and_then(|r| r.split_once(']')).map(|(i, _)| parse_index(i)) {
+                    Some(Some(i)) => out.push(i),
+                    _ => not_a_list = Some(not_a_list.map_or(k.as_str(), |b| b.min(k.as_str()))),
+                }
             }
         }
-        if let Some(k) = bad {
-            return Err(FormError::BadIndex(k.clone()));
+        if let Some(k) = not_a_list {
+            return Err(FormError::BadIndex(k.to_owned()));
         }
         out.sort_unstable();
         out.dedup();
         Ok(out)
     }
+
+    /// Refuses names used two ways, repeated values and gappy lists. Names are
+    /// visited in sorted order, so the error names the same parameter however
+    /// the body orders them.
+    fn check_structure(&self) -> Result<(), FormError> {
+        let mut keys: Vec<&str> = self.pairs.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        let mut root: BTreeMap<String, Node> = BTreeMap::new();
+        for key in keys {
+            let (name, groups) = groups(key)?;
+            let mut node = root.entry(name.to_owned()).or_default();
+            let mut depth = name.len();
+            for group in &groups {
+                let prefix = key.get(..depth).unwrap_or(key);
+                depth += key.get(depth..).and_then(|r| r.find(']')).map_or(0, |i| i + 1);
+                let conflict = || FormError::Conflict(prefix.to_owned());
+                node = match group {
+                    Group::Append => {
+                        if !matches!(node, Node::Unseen | Node::List) {
+                            return Err(conflict());
+                        }
+                        *node = Node::List;
+                        break;
+                    }
+                    Group::Index(i) => {
+                        if matches!(node, Node::Unseen) {
+                            *node = Node::Indexed(BTreeMap::new());
+                        }
+                        match node {
+                            Node::Indexed(items) => items.entry(*i).or_default(),
+                            _ => return Err(conflict()),
+                        }
+                    }
+                    Group::Key(k) => {
+                        if matches!(node, Node::Unseen) {
+                            *node = Node::Hash(BTreeMap::new());
+                        }
+                        match node {
+                            Node::Hash(fields) => fields.entry((*k).to_owned()).or_default(),
+                            _ => return Err(conflict()),
+                        }
+                    }
+                };
+            }
+            if groups.last() == Some(&Group::Append) {
+                continue;
+            }
+            match node {
+                Node::Unseen => *node = Node::Value,
+                Node::Value => return Err(FormError::Duplicate(key.to_owned())),
+                _ => return Err(FormError::Conflict(key.to_owned())),
+            }
+        }
+        for (name, node) in &root {
+            dense(name, node)?;
+        }
+        Ok(())
+    }
 }
 
-fn is_canonical_index(i: &str) -> bool {
-    !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && (i == "0" || !i.starts_with('0'))
+/// Every list under `node` is indexed `0..n`.
+fn dense(prefix: &str, node: &Node) -> Result<(), FormError> {
+    match node {
+        Node::Indexed(items) => {
+            if items.keys().copied().ne(0..u32::try_from(items.len()).unwrap_or(u32::MAX)) {
+                return Err(FormError::SparseIndex(prefix.to_owned()));
+            }
+            for (i, item) in items {
+                dense(&format!("{prefix}[{i}]"), item)?;
+            }
+        }
+        Node::Hash(fields) => {
+            for (k, field) in fields {
+                dense(&format!("{prefix}[{k}]"), field)?;
+            }
+        }
+        Node::Unseen | Node::Value | Node::List => {}
+    }
+    Ok(())
+}
+
+/// A list index: `0`, or a decimal without leading zeros.
+fn parse_index(text: &str) -> Option<u32> {
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten().filter(|i| *i < MAX_PARAMS as u32)
+}
+
+/// Splits a parameter name into its name and bracket groups, or refuses it.
+fn groups(key: &str) -> Result<(&str, Vec<Group<'_>>), FormError> {
+    let bad = || FormError::BadKey(key.chars().take(64).collect());
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(bad());
+    }
+    let (name, mut rest) = match key.find('[') {
+        Some(i) => key.split_at(i),
+        None => (key, ""),
+    };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(bad());
+    }
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[').ok_or_else(bad)?;
+        let (group, after) = inner.split_once(']').ok_or_else(bad)?;
+        rest = after;
+        if out.len() >= MAX_DEPTH || out.last() == Some(&Group::Append) {
+            return Err(bad());
+        }
+        let g = if group.is_empty() {
+            Group::Append
+        } else if group.bytes().all(|b| b.is_ascii_digit()) {
+            Group::Index(parse_index(group).ok_or_else(|| FormError::BadIndex(key.to_owned()))?)
+        } else if group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            Group::Key(group)
+        } else {
+            return Err(bad());
+        };
+        out.push(g);
+    }
+    Ok((name, out))
 }
 
 fn decode_component(raw: &[u8]) -> Result<String, FormError> {
@@ -161,39 +325,23 @@ fn decode_component(raw: &[u8]) -> Result<String, FormError> {
     String::from_utf8(out).map_err(|_| FormError::NotUtf8)
 }
 
-/// `name` then zero or more `[...]` groups; no stray brackets, no control characters.
-fn check_key(key: &str) -> Result<(), FormError> {
-    let bad = || FormError::BadKey(key.chars().take(64).collect());
-    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
-        return Err(bad());
-    }
-    let (name, mut rest) = match key.find('[') {
-        Some(i) => key.split_at(i),
-        None => (key, ""),
-    };
-    if name.is_empty() || name.contains(']') {
-        return Err(bad());
-    }
-    let mut depth = 0;
-    while !rest.is_empty() {
-        let inner = rest.strip_prefix('[').ok_or_else(bad)?;
-        let close = inner.find(']').ok_or_else(bad)?;
-        let (group, after) = inner.split_at(close);
-        if group.contains('[') {
-            return Err(bad());
+fn encode_pairs<'a>(pairs: impl Iterator<Item = &'a (String, String)>) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.enumerate() {
+        if i > 0 {
+            out.push('&');
         }
-        rest = after.get(1..).unwrap_or_default();
-        depth += 1;
-        if depth > MAX_DEPTH {
-            return Err(bad());
-        }
+        // Names hold only letters, digits, `_`, `-` and brackets (see `groups`).
+        out.push_str(k);
+        out.push('=');
+        encode_value(v, &mut out);
     }
-    Ok(())
+    out
 }
 
-fn encode_component(text: &str, out: &mut String) {
+fn encode_value(text: &str, out: &mut String) {
     for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~[]".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(char::from(b));
         } else {
             out.push('%');
@@ -210,51 +358,92 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn parse(body: &str) -> Result<FormParams, FormError> {
+        FormParams::parse(body.as_bytes())
+    }
+
     #[test]
     fn reads_stripe_bracket_syntax() {
-        let body = b"amount=2999&currency=usd&metadata%5Border_id%5D=o+1&line_items[0][price_data][unit_amount]=100&expand[]=a&expand[]=b";
-        let p = FormParams::parse(body).unwrap();
-        assert_eq!(p.get("amount").unwrap(), Some("2999"));
-        assert_eq!(p.get("metadata[order_id]").unwrap(), Some("o 1"));
-        assert_eq!(p.get("line_items[0][price_data][unit_amount]").unwrap(), Some("100"));
-        assert_eq!(p.first_duplicate(), None);
+        let body = "amount=2999&currency=usd&metadata%5Border_id%5D=o+1&line_items[0][price_data][unit_amount]=100&expand[]=a&expand[]=b";
+        let p = parse(body).unwrap();
+        assert_eq!(p.get("amount"), Some("2999"));
+        assert_eq!(p.get("metadata[order_id]"), Some("o 1"));
+        assert_eq!(p.get("line_items[0][price_data][unit_amount]"), Some("100"));
         assert_eq!(p.array_indices("line_items"), Ok(vec![0]));
+        assert_eq!(p.len(), 6);
     }
 
     #[test]
     fn refuses_what_is_ambiguous() {
-        assert_eq!(FormParams::parse(b"amount=%zz"), Err(FormError::BadPercentEncoding));
-        assert_eq!(FormParams::parse(b"amount=%F"), Err(FormError::BadPercentEncoding));
-        assert_eq!(FormParams::parse(b"a=%FF%FE"), Err(FormError::NotUtf8));
-        assert!(matches!(FormParams::parse(b"meta[x=1"), Err(FormError::BadKey(_))));
-        assert!(matches!(FormParams::parse(b"meta]x=1"), Err(FormError::BadKey(_))));
-        assert!(matches!(FormParams::parse(b"=1"), Err(FormError::BadKey(_))));
-        assert!(matches!(FormParams::parse(b"a[b]c=1"), Err(FormError::BadKey(_))));
-        let dup = FormParams::parse(b"amount=1&amount=2").unwrap();
-        assert_eq!(dup.get("amount"), Err(FormError::Duplicate("amount".into())));
-        assert_eq!(dup.first_duplicate(), Some("amount"));
+        assert_eq!(parse("amount=%zz"), Err(FormError::BadPercentEncoding));
+        assert_eq!(parse("amount=%F"), Err(FormError::BadPercentEncoding));
+        assert_eq!(parse("a=%FF%FE"), Err(FormError::NotUtf8));
+        for bad in
+            ["meta[x=1", "meta]x=1", "=1", "a[b]c=1", "a.b=1", "a b=1", "a[b.c]=1", "a[]x=1", "a[][b]=1", "%61%5B=1"]
+        {
+            assert!(matches!(parse(bad), Err(FormError::BadKey(_))), "{bad}");
+        }
+        assert_eq!(parse("amount=1&amount=2"), Err(FormError::Duplicate("amount".into())));
+        assert_eq!(parse("a[x]=1&a[x]=2"), Err(FormError::Duplicate("a[x]".into())));
+        assert_eq!(parse("description=a%00b"), Err(FormError::ControlCharacter("description".into())));
+        assert!(parse("description=line%0Anext%09tab").is_ok());
+    }
+
+    #[test]
+    fn a_name_has_one_shape() {
+        for (body, at) in [
+            ("amount=1&amount[]=1000", "amount"),
+            ("amount[]=1000&amount=1", "amount"),
+            ("amount=1&amount[0]=1000", "amount"),
+            ("amount=1&amount[x]=1000", "amount"),
+            ("a[0]=1&a[x]=2", "a"),
+            ("a[]=1&a[0]=2", "a"),
+            ("a[x]=1&a[x][y]=2", "a[x]"),
+            ("a[x][y]=2&a[x]=1", "a[x]"),
+        ] {
+            assert_eq!(parse(body), Err(FormError::Conflict(at.into())), "{body}");
+        }
+        assert_eq!(parse("a[1]=x"), Err(FormError::SparseIndex("a".into())));
+        assert_eq!(parse("a[0][b][2]=x&a[0][b][0]=y"), Err(FormError::SparseIndex("a[0][b]".into())));
+        assert_eq!(parse("a[00]=x"), Err(FormError::BadIndex("a[00]".into())));
+        assert!(parse("a[1]=x&a[0]=y&expand[]=p&expand[]=q&m[k-1]=v").is_ok());
+    }
+
+    #[test]
+    fn forwards_pairs_in_order_with_values_encoded() {
+        let p =
+            parse("currency=usd&amount=100&metadata[k]=a+b%26c%3Dd&expand[]=x.y&description=caf%C3%A9%3Bamount%3D1")
+                .unwrap();
+        assert_eq!(
+            p.encode(),
+            "currency=usd&amount=100&metadata[k]=a%20b%26c%3Dd&expand[]=x.y&description=caf%C3%A9%3Bamount%3D1"
+        );
+        assert_eq!(parse(&p.encode()).unwrap(), p, "the upstream reads back exactly what was parsed");
+        assert_eq!(parse("confirm").unwrap().encode(), "confirm=", "a bare name is an empty value, and says so");
     }
 
     #[test]
     fn canonical_form_ignores_order_and_encoding_choices() {
-        let a = FormParams::parse(b"currency=usd&amount=100&metadata[k]=a%20b").unwrap();
-        let b = FormParams::parse(b"amount=100&metadata%5Bk%5D=a+b&currency=usd&").unwrap();
+        let a = parse("currency=usd&amount=100&metadata[k]=a%20b").unwrap();
+        let b = parse("amount=100&metadata%5Bk%5D=a+b&currency=usd&").unwrap();
         assert_eq!(a.canonical(), b.canonical());
-        let c = FormParams::parse(b"amount=101&currency=usd&metadata[k]=a b").unwrap();
+        let c = parse("amount=101&currency=usd&metadata[k]=a b").unwrap();
         assert_ne!(a.canonical(), c.canonical());
         // Array appends keep their order: a different order is a different request.
-        let e1 = FormParams::parse(b"expand[]=x&expand[]=y").unwrap();
-        let e2 = FormParams::parse(b"expand[]=y&expand[]=x").unwrap();
+        let e1 = parse("expand[]=x&expand[]=y").unwrap();
+        let e2 = parse("expand[]=y&expand[]=x").unwrap();
         assert_ne!(e1.canonical(), e2.canonical());
     }
 
     #[test]
-    fn a_bad_index_is_named_the_same_whatever_the_order() {
-        let a = FormParams::parse(b"line_items[y]=1&line_items[a]=2&line_items[0][quantity]=1").unwrap();
-        let b = FormParams::parse(b"line_items[0][quantity]=1&line_items[a]=2&line_items[y]=1").unwrap();
-        let expected = Err(FormError::BadIndex("line_items[a]".into()));
-        assert_eq!(a.array_indices("line_items"), expected);
-        assert_eq!(b.array_indices("line_items"), expected);
+    fn a_list_is_a_list() {
+        let p = parse("line_items[1][quantity]=1&line_items[0][quantity]=2").unwrap();
+        assert_eq!(p.array_indices("line_items"), Ok(vec![0, 1]));
+        assert_eq!(p.array_indices("other"), Ok(vec![]));
+        let hash = parse("line_items[a][quantity]=1").unwrap();
+        assert_eq!(hash.array_indices("line_items"), Err(FormError::BadIndex("line_items[a][quantity]".into())));
+        let value = parse("line_items=1").unwrap();
+        assert_eq!(value.array_indices("line_items"), Err(FormError::BadIndex("line_items".into())));
     }
 
     proptest! {
@@ -264,8 +453,10 @@ mod tests {
         }
 
         #[test]
-        fn canonical_is_a_fixed_point(body in "[a-z%0-9=&+\\[\\]]{0,80}") {
+        fn what_is_forwarded_reads_back_the_same(body in "[a-z%0-9=&+\\[\\]]{0,80}") {
             if let Ok(p) = FormParams::parse(body.as_bytes()) {
+                let forwarded = p.encode();
+                prop_assert_eq!(FormParams::parse(forwarded.as_bytes()), Ok(p.clone()));
                 let canon = p.canonical();
                 let again = FormParams::parse(canon.as_bytes()).unwrap();
                 prop_assert_eq!(again.canonical(), canon);

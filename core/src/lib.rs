@@ -3,6 +3,7 @@
 //! input. Unit- and property-tested natively with `cargo test -p keybrake-core`.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod currency;
 pub mod fingerprint;
 pub mod form;

@@ -55,19 +55,24 @@ pub enum PricingError {
     InvalidCurrency(String),
     #[error("line items in different currencies cannot be priced together")]
     MixedCurrencies,
+    #[error("invalid {param}: {value:?} is not a boolean (send true or false)")]
+    InvalidBoolean { param: String, value: String },
+    #[error("invalid {param}: {value:?} is not one of {choices}")]
+    InvalidChoice { param: String, value: String, choices: &'static str },
 }
 
 impl PricingError {
     /// The request parameter at fault, for Stripe's `param` field.
     pub fn param(&self) -> Option<String> {
         match self {
-            PricingError::Form(FormError::Duplicate(p) | FormError::BadIndex(p)) => Some(p.clone()),
+            PricingError::Form(e) => e.param(),
             PricingError::Missing(p) => Some((*p).to_owned()),
             PricingError::InvalidAmount { param, .. }
             | PricingError::NegativeAmount { param }
-            | PricingError::AmountTooLarge { param } => Some(param.clone()),
+            | PricingError::AmountTooLarge { param }
+            | PricingError::InvalidBoolean { param, .. }
+            | PricingError::InvalidChoice { param, .. } => Some(param.clone()),
             PricingError::InvalidCurrency(_) | PricingError::MixedCurrencies => Some("currency".to_owned()),
-            PricingError::Form(_) => None,
         }
     }
 }
@@ -99,38 +104,130 @@ enum Rule {
     },
 }
 
-/// `(pattern, rule)`; `*` is one object id. First match wins.
-const TABLE: &[(&str, Rule)] = &[
-    ("/v1/charges", Rule::AmountAndCurrency { payout: false }),
-    ("/v1/charges/*/capture", Rule::OptionalAmountOfPathObject { param: "amount" }),
-    ("/v1/charges/*/refund", Rule::OptionalAmountOfPathObject { param: "amount" }),
-    ("/v1/charges/*/refunds", Rule::OptionalAmountOfPathObject { param: "amount" }),
-    ("/v1/payment_intents", Rule::PaymentIntentCreate),
-    ("/v1/payment_intents/*", Rule::PaymentIntentUpdate),
-    ("/v1/payment_intents/*/increment_authorization", Rule::AmountOfPathObject),
-    ("/v1/payment_intents/*/capture", Rule::OptionalAmountOfPathObject { param: "amount_to_capture" }),
-    ("/v1/payment_intents/*/confirm", Rule::PathObjectAmount),
-    ("/v1/refunds", Rule::Refund),
-    ("/v1/transfers", Rule::AmountAndCurrency { payout: false }),
-    ("/v1/transfers/*/reversals", Rule::OptionalAmountOfPathObject { param: "amount" }),
-    ("/v1/payouts", Rule::AmountAndCurrency { payout: true }),
-    ("/v1/topups", Rule::AmountAndCurrency { payout: false }),
-    ("/v1/invoiceitems", Rule::InvoiceItem),
-    ("/v1/invoices/*/pay", Rule::PathObjectAmount),
+/// Where the upstream's answer to a call says how much it moved, so that it
+/// can be checked against what was priced (the backstop behind canonical
+/// forwarding: a differential nobody thought of still shows up here).
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    /// This field of the returned object, in the object's `currency`.
+    Field(&'static str),
+    /// A PaymentIntent: its `amount` if the call confirmed it, else nothing.
+    IntentConfirmed,
+    /// The answer cannot say what this call alone moved (a cumulative total,
+    /// an amount the call did not price); unpriced calls are counted from it instead.
+    NotChecked,
+}
+
+/// What an answer says a call moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moved {
+    /// `minor` units of `currency` (lower case), read from `field`.
+    Amount { minor: i64, currency: String, field: &'static str, payout: bool },
+    /// Nothing to compare for this endpoint.
+    NotChecked,
+    /// The answer should say, but does not parse as the object expected.
+    Unreadable,
+}
+
+/// PaymentIntent statuses in which it was not (yet) confirmed: no money moves.
+const UNCONFIRMED_INTENT: &[&str] = &["requires_payment_method", "requires_confirmation", "canceled"];
+
+/// What the upstream's 2xx answer `body` to `method path` says moved.
+pub fn moved(method: Method, path: &str, body: &[u8]) -> Moved {
+    let Some((rule, answer, _)) = lookup(path).filter(|_| method == Method::Post) else {
+        return Moved::NotChecked;
+    };
+    let payout = matches!(rule, Rule::AmountAndCurrency { payout: true });
+    let field = match answer {
+        Answer::NotChecked => return Moved::NotChecked,
+        Answer::Field(f) => f,
+        Answer::IntentConfirmed => "amount",
+    };
+    let Ok(object) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Moved::Unreadable;
+    };
+    let currency = object.get("currency").and_then(|c| c.as_str()).map(str::to_ascii_lowercase);
+    let amount = object.get(field).and_then(serde_json::Value::as_i64);
+    let (Some(currency), Some(mut minor)) = (currency, amount) else {
+        return Moved::Unreadable;
+    };
+    if matches!(answer, Answer::IntentConfirmed) {
+        let Some(status) = object.get("status").and_then(|s| s.as_str()) else {
+            return Moved::Unreadable;
+        };
+        if UNCONFIRMED_INTENT.contains(&status) {
+            minor = 0;
+        }
+    }
+    Moved::Amount { minor, currency, field, payout }
+}
+
+/// Whether a call needs durable state in the control service (a
+/// reservation, an idempotency record, a settlement checked against the
+/// answer): every POST that is priced, carries the caller's idempotency key,
+/// or goes to an endpoint that can move money even when priced free.
+pub fn holds_state(method: Method, path: &str, free: bool, has_idempotency_key: bool) -> bool {
+    method == Method::Post && (!free || has_idempotency_key || moves_money(method, path))
+}
+
+/// `(pattern, rule, what the answer says moved)`; `*` is one object id. First match wins.
+const TABLE: &[(&str, Rule, Answer)] = &[
+    ("/v1/charges", Rule::AmountAndCurrency { payout: false }, Answer::Field("amount")),
+    ("/v1/charges/*/capture", Rule::OptionalAmountOfPathObject { param: "amount" }, Answer::Field("amount_captured")),
+    ("/v1/charges/*/refund", Rule::OptionalAmountOfPathObject { param: "amount" }, Answer::NotChecked),
+    ("/v1/charges/*/refunds", Rule::OptionalAmountOfPathObject { param: "amount" }, Answer::Field("amount")),
+    ("/v1/payment_intents", Rule::PaymentIntentCreate, Answer::IntentConfirmed),
+    ("/v1/payment_intents/*", Rule::PaymentIntentUpdate, Answer::NotChecked),
+    ("/v1/payment_intents/*/increment_authorization", Rule::AmountOfPathObject, Answer::NotChecked),
+    (
+        "/v1/payment_intents/*/capture",
+        Rule::OptionalAmountOfPathObject { param: "amount_to_capture" },
+        Answer::Field("amount_received"),
+    ),
+    ("/v1/payment_intents/*/confirm", Rule::PathObjectAmount, Answer::IntentConfirmed),
+    ("/v1/refunds", Rule::Refund, Answer::Field("amount")),
+    ("/v1/transfers", Rule::AmountAndCurrency { payout: false }, Answer::Field("amount")),
+    ("/v1/transfers/*/reversals", Rule::OptionalAmountOfPathObject { param: "amount" }, Answer::Field("amount")),
+    ("/v1/payouts", Rule::AmountAndCurrency { payout: true }, Answer::Field("amount")),
+    ("/v1/topups", Rule::AmountAndCurrency { payout: false }, Answer::Field("amount")),
+    ("/v1/invoiceitems", Rule::InvoiceItem, Answer::Field("amount")),
+    ("/v1/invoices/*/pay", Rule::PathObjectAmount, Answer::Field("amount_paid")),
     (
         "/v1/invoices/*/finalize",
         Rule::Unpriced { reason: "finalizing an invoice may charge the customer automatically" },
+        Answer::NotChecked,
     ),
-    ("/v1/checkout/sessions", Rule::CheckoutSession),
-    ("/v1/subscriptions", Rule::Unpriced { reason: "a subscription charges amounts set by its prices" }),
-    ("/v1/subscriptions/*", Rule::Unpriced { reason: "a subscription update may charge prorations" }),
-    ("/v1/subscription_items", Rule::Unpriced { reason: "a subscription item may charge prorations" }),
+    ("/v1/checkout/sessions", Rule::CheckoutSession, Answer::Field("amount_total")),
+    (
+        "/v1/subscriptions",
+        Rule::Unpriced { reason: "a subscription charges amounts set by its prices" },
+        Answer::NotChecked,
+    ),
+    (
+        "/v1/subscriptions/*",
+        Rule::Unpriced { reason: "a subscription update may charge prorations" },
+        Answer::NotChecked,
+    ),
+    (
+        "/v1/subscription_items",
+        Rule::Unpriced { reason: "a subscription item may charge prorations" },
+        Answer::NotChecked,
+    ),
     (
         "/v1/subscription_schedules",
         Rule::Unpriced { reason: "a subscription schedule charges amounts set by its prices" },
+        Answer::NotChecked,
     ),
-    ("/v1/credit_notes", Rule::Unpriced { reason: "a credit note may refund an amount set by its lines" }),
-    ("/v1/payment_links", Rule::Unpriced { reason: "a payment link charges amounts set by its prices" }),
+    (
+        "/v1/credit_notes",
+        Rule::Unpriced { reason: "a credit note may refund an amount set by its lines" },
+        Answer::NotChecked,
+    ),
+    (
+        "/v1/payment_links",
+        Rule::Unpriced { reason: "a payment link charges amounts set by its prices" },
+        Answer::NotChecked,
+    ),
 ];
 
 /// Prices one call. `path` is normalised (see [`crate::path::normalize`]).
@@ -138,7 +235,7 @@ pub fn price(method: Method, path: &str, params: &FormParams) -> Result<Price, P
     if method != Method::Post {
         return Ok(Price::Free);
     }
-    let Some((rule, object)) = lookup(path) else {
+    let Some((rule, _, object)) = lookup(path) else {
         return Ok(Price::Free);
     };
     let object = object.unwrap_or_default().to_owned();
@@ -150,7 +247,7 @@ pub fn price(method: Method, path: &str, params: &FormParams) -> Result<Price, P
             payout,
         }),
         Rule::PaymentIntentCreate => {
-            if params.get("confirm")? != Some("true") {
+            if !boolean(params, "confirm")? {
                 return Ok(Price::Free);
             }
             Ok(Price::Amount {
@@ -164,7 +261,7 @@ pub fn price(method: Method, path: &str, params: &FormParams) -> Result<Price, P
             None => Ok(Price::Free),
             Some(minor) => Ok(Price::Amount {
                 minor,
-                currency: match params.get("currency")? {
+                currency: match params.get("currency") {
                     Some(c) => CurrencySource::Given(currency(c)?),
                     None => CurrencySource::OfObject(object),
                 },
@@ -197,12 +294,12 @@ pub fn moves_money(method: Method, path: &str) -> bool {
     method == Method::Post && lookup(path).is_some()
 }
 
-fn lookup(path: &str) -> Option<(Rule, Option<&str>)> {
+fn lookup(path: &str) -> Option<(Rule, Answer, Option<&str>)> {
     // Normalised paths start with '/'; anything else is no Stripe endpoint.
     if !path.starts_with('/') {
         return None;
     }
-    'rules: for (pattern, rule) in TABLE {
+    'rules: for (pattern, rule, answer) in TABLE {
         let mut object = None;
         let mut got = path.split('/').skip(1);
         for want in pattern.split('/').skip(1) {
@@ -219,21 +316,21 @@ fn lookup(path: &str) -> Option<(Rule, Option<&str>)> {
             }
         }
         if got.next().is_none() {
-            return Some((*rule, object));
+            return Some((*rule, *answer, object));
         }
     }
     None
 }
 
 fn refund(params: &FormParams) -> Result<Price, PricingError> {
-    let object = match (params.get("charge")?, params.get("payment_intent")?) {
+    let object = match (params.get("charge"), params.get("payment_intent")) {
         (Some(c), _) => Some(c.to_owned()),
         (None, Some(p)) => Some(p.to_owned()),
         (None, None) => None,
     };
     match (amount(params, "amount")?, object) {
         (Some(minor), object) => {
-            let currency = match (params.get("currency")?, object) {
+            let currency = match (params.get("currency"), object) {
                 (Some(c), _) => CurrencySource::Given(currency(c)?),
                 (None, Some(o)) => CurrencySource::OfObject(o),
                 (None, None) => {
@@ -251,7 +348,7 @@ fn refund(params: &FormParams) -> Result<Price, PricingError> {
 
 fn invoice_item(params: &FormParams) -> Result<Price, PricingError> {
     let quantity = amount(params, "quantity")?.unwrap_or(1);
-    if let Some(raw) = params.get("amount")? {
+    if let Some(raw) = params.get("amount") {
         // A negative invoice item is a credit: it lowers what the customer pays.
         if raw.starts_with('-') {
             parse_amount("amount", raw.trim_start_matches('-'))?;
@@ -265,23 +362,30 @@ fn invoice_item(params: &FormParams) -> Result<Price, PricingError> {
             payout: false,
         });
     }
-    let (unit, currency_param, basis) = match (params.get("unit_amount")?, params.get("price_data[unit_amount]")?) {
+    let (unit, currency_param, basis) = match (params.get("unit_amount"), params.get("price_data[unit_amount]")) {
         (Some(u), _) => (parse_amount("unit_amount", u)?, "currency", "unit_amount * quantity"),
         (None, Some(u)) => {
             (parse_amount("price_data[unit_amount]", u)?, "price_data[currency]", "price_data[unit_amount] * quantity")
         }
         (None, None) => return Ok(Price::Unpriced { reason: "an invoice item priced by a Price object" }),
     };
-    let currency_text = match params.get(currency_param)? {
+    let currency_text = match params.get(currency_param) {
         Some(c) => c,
-        None => params.get("currency")?.ok_or(PricingError::Missing("currency"))?,
+        None => params.get("currency").ok_or(PricingError::Missing("currency"))?,
     };
     let minor = unit.checked_mul(quantity).ok_or(PricingError::AmountTooLarge { param: "quantity".into() })?;
     Ok(Price::Amount { minor, currency: CurrencySource::Given(currency(currency_text)?), basis, payout: false })
 }
 
 fn checkout_session(params: &FormParams) -> Result<Price, PricingError> {
-    let mode = params.get("mode")?.unwrap_or("payment");
+    let mode = params.get("mode").unwrap_or("payment");
+    if !matches!(mode, "payment" | "setup" | "subscription") {
+        return Err(PricingError::InvalidChoice {
+            param: "mode".into(),
+            value: mode.chars().take(32).collect(),
+            choices: "payment, setup, subscription",
+        });
+    }
     if mode != "payment" {
         return Ok(Price::Unpriced { reason: "a checkout session in subscription or setup mode" });
     }
@@ -295,15 +399,15 @@ fn checkout_session(params: &FormParams) -> Result<Price, PricingError> {
         let unit_key = format!("line_items[{i}][price_data][unit_amount]");
         let quantity_key = format!("line_items[{i}][quantity]");
         let currency_key = format!("line_items[{i}][price_data][currency]");
-        let Some(unit) = params.get(&unit_key)? else {
+        let Some(unit) = params.get(&unit_key) else {
             return Ok(Price::Unpriced { reason: "a checkout session line item priced by a Price object" });
         };
         let unit = parse_amount(&unit_key, unit)?;
-        let quantity = match params.get(&quantity_key)? {
+        let quantity = match params.get(&quantity_key) {
             Some(q) => parse_amount(&quantity_key, q)?,
             None => 1,
         };
-        let c = currency(params.get(&currency_key)?.ok_or(PricingError::Missing("currency"))?)?;
+        let c = currency(params.get(&currency_key).ok_or(PricingError::Missing("currency"))?)?;
         if seen.as_ref().is_some_and(|s| *s != c) {
             return Err(PricingError::MixedCurrencies);
         }
@@ -324,15 +428,28 @@ fn required_amount(params: &FormParams, param: &'static str) -> Result<i64, Pric
 }
 
 fn amount(params: &FormParams, param: &str) -> Result<Option<i64>, PricingError> {
-    params.get(param)?.map(|raw| parse_amount(param, raw)).transpose()
+    params.get(param).map(|raw| parse_amount(param, raw)).transpose()
 }
 
-/// An amount parameter: ASCII digits only, at most [`MAX_AMOUNT_DIGITS`].
+/// A boolean parameter pricing reads: absent is false; only `true` and
+/// `false` are booleans (`True`, `1` or `yes` might be read either way upstream).
+fn boolean(params: &FormParams, param: &str) -> Result<bool, PricingError> {
+    match params.get(param) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => {
+            Err(PricingError::InvalidBoolean { param: param.to_owned(), value: other.chars().take(32).collect() })
+        }
+    }
+}
+
+/// An amount parameter: ASCII digits only, no leading zero, at most [`MAX_AMOUNT_DIGITS`].
 pub fn parse_amount(param: &str, raw: &str) -> Result<i64, PricingError> {
     if raw.starts_with('-') && raw.len() > 1 && raw.bytes().skip(1).all(|b| b.is_ascii_digit()) {
         return Err(PricingError::NegativeAmount { param: param.to_owned() });
     }
-    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+    let leading_zero = raw.len() > 1 && raw.starts_with('0');
+    if raw.is_empty() || leading_zero || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return Err(PricingError::InvalidAmount { param: param.to_owned(), value: raw.chars().take(32).collect() });
     }
     if raw.trim_start_matches('0').len() > MAX_AMOUNT_DIGITS {
@@ -342,7 +459,7 @@ pub fn parse_amount(param: &str, raw: &str) -> Result<i64, PricingError> {
 }
 
 fn required_currency(params: &FormParams) -> Result<Currency, PricingError> {
-    currency(params.get("currency")?.ok_or(PricingError::Missing("currency"))?)
+    currency(params.get("currency").ok_or(PricingError::Missing("currency"))?)
 }
 
 fn currency(text: &str) -> Result<Currency, PricingError> {
@@ -354,8 +471,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Parses and prices, as the filter does: a body the parser refuses is a pricing error too.
     fn p(path: &str, body: &str) -> Result<Price, PricingError> {
-        price(Method::Post, path, &FormParams::parse(body.as_bytes()).unwrap())
+        price(Method::Post, path, &FormParams::parse(body.as_bytes())?)
     }
 
     fn usd() -> CurrencySource {
@@ -382,6 +500,17 @@ mod tests {
         assert!(matches!(p("/v1/charges", "amount=abc&currency=usd"), Err(PricingError::InvalidAmount { .. })));
         assert!(matches!(p("/v1/charges", "amount=&currency=usd"), Err(PricingError::InvalidAmount { .. })));
         assert!(matches!(p("/v1/charges", "amount=+5&currency=usd"), Err(PricingError::InvalidAmount { .. })));
+        // One reading only: no leading zeros, no exponents, no spaces, no other digits.
+        for odd in ["0100", "00", "1e3", "%20100", "100%20", "%EF%BC%91%EF%BC%90%EF%BC%90", "100.0", "0x10"] {
+            assert!(
+                matches!(
+                    p("/v1/charges", &format!("amount={odd}&currency=usd")),
+                    Err(PricingError::InvalidAmount { .. })
+                ),
+                "{odd}"
+            );
+        }
+        assert!(matches!(p("/v1/charges", "amount=0&currency=usd").unwrap(), Price::Amount { minor: 0, .. }));
         assert!(matches!(
             p("/v1/charges", "amount=99999999999999999999999&currency=usd"),
             Err(PricingError::AmountTooLarge { .. })
@@ -389,6 +518,19 @@ mod tests {
         assert!(matches!(
             p("/v1/charges", "amount=1&amount=2&currency=usd"),
             Err(PricingError::Form(FormError::Duplicate(_)))
+        ));
+    }
+
+    #[test]
+    fn booleans_that_price_a_call_are_true_or_false() {
+        assert_eq!(p("/v1/payment_intents", "amount=500&currency=usd&confirm=false").unwrap(), Price::Free);
+        for odd in ["True", "TRUE", "1", "yes", "on", "", "true%20"] {
+            let body = format!("amount=500&currency=usd&confirm={odd}");
+            assert!(matches!(p("/v1/payment_intents", &body), Err(PricingError::InvalidBoolean { .. })), "{odd:?}");
+        }
+        assert!(matches!(
+            p("/v1/payment_intents", "amount=500&currency=usd&confirm"),
+            Err(PricingError::InvalidBoolean { .. })
         ));
     }
 
@@ -470,11 +612,65 @@ mod tests {
                  &line_items[{odd}][price_data][unit_amount]=900000&line_items[{odd}][price_data][currency]=usd"
             );
             let err = p("/v1/checkout/sessions", &body).unwrap_err();
-            assert!(matches!(err, PricingError::Form(FormError::BadIndex(_))), "{odd:?}: {err:?}");
+            assert!(
+                matches!(
+                    err,
+                    PricingError::Form(FormError::BadIndex(_) | FormError::BadKey(_) | FormError::Conflict(_))
+                ),
+                "{odd:?}: {err:?}"
+            );
         }
+        // A line item past a gap would be read by some servers and not others.
+        let gap = "line_items[0][price_data][unit_amount]=50&line_items[0][price_data][currency]=usd\
+                   &line_items[2][price_data][unit_amount]=900000&line_items[2][price_data][currency]=usd";
+        assert_eq!(
+            p("/v1/checkout/sessions", gap),
+            Err(PricingError::Form(FormError::SparseIndex("line_items".into())))
+        );
         assert!(matches!(p("/v1/checkout/sessions", "mode=subscription").unwrap(), Price::Unpriced { .. }));
+        assert!(matches!(p("/v1/checkout/sessions", "mode=Payment"), Err(PricingError::InvalidChoice { .. })));
         let mixed = "line_items[0][price_data][unit_amount]=1&line_items[0][price_data][currency]=usd&line_items[1][price_data][unit_amount]=1&line_items[1][price_data][currency]=eur";
         assert_eq!(p("/v1/checkout/sessions", mixed), Err(PricingError::MixedCurrencies));
+    }
+
+    #[test]
+    fn the_answer_says_what_moved() {
+        let post = |path: &str, body: &str| moved(Method::Post, path, body.as_bytes());
+        let charge = r#"{"id":"ch_1","object":"charge","amount":100000,"currency":"USD","amount_captured":0}"#;
+        assert_eq!(
+            post("/v1/charges", charge),
+            Moved::Amount { minor: 100_000, currency: "usd".into(), field: "amount", payout: false }
+        );
+        assert!(matches!(
+            post("/v1/charges/ch_1/capture", charge),
+            Moved::Amount { minor: 0, field: "amount_captured", .. }
+        ));
+        let intent = |status: &str| format!(r#"{{"id":"pi_1","amount":500,"currency":"eur","status":"{status}"}}"#);
+        assert!(matches!(
+            post("/v1/payment_intents", &intent("requires_confirmation")),
+            Moved::Amount { minor: 0, .. }
+        ));
+        assert!(matches!(post("/v1/payment_intents", &intent("succeeded")), Moved::Amount { minor: 500, .. }));
+        assert!(matches!(post("/v1/payment_intents", &intent("requires_capture")), Moved::Amount { minor: 500, .. }));
+        assert!(matches!(
+            post("/v1/payment_intents/pi_1/confirm", &intent("processing")),
+            Moved::Amount { minor: 500, .. }
+        ));
+        assert!(matches!(post("/v1/payouts", r#"{"amount":5,"currency":"ugx"}"#), Moved::Amount { payout: true, .. }));
+        assert_eq!(post("/v1/charges", "not json"), Moved::Unreadable);
+        assert_eq!(post("/v1/charges", r#"{"amount":"100","currency":"usd"}"#), Moved::Unreadable);
+        assert_eq!(post("/v1/charges/ch_1/refund", charge), Moved::NotChecked, "a cumulative total");
+        assert_eq!(post("/v1/customers", r#"{"id":"cus_1"}"#), Moved::NotChecked);
+        assert_eq!(moved(Method::Get, "/v1/charges", charge.as_bytes()), Moved::NotChecked);
+    }
+
+    #[test]
+    fn calls_that_may_move_money_hold_state() {
+        assert!(holds_state(Method::Post, "/v1/charges", false, false));
+        assert!(holds_state(Method::Post, "/v1/payment_intents", true, false), "priced free, but it can move money");
+        assert!(holds_state(Method::Post, "/v1/customers", true, true), "the caller's idempotency key");
+        assert!(!holds_state(Method::Post, "/v1/customers", true, false));
+        assert!(!holds_state(Method::Get, "/v1/charges", true, true));
     }
 
     #[test]

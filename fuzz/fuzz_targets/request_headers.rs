@@ -132,11 +132,18 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(p) = FormParams::parse(body) {
                 let canonical = p.canonical();
                 assert_eq!(
-                    incoming.price_body(canonical.as_bytes()).as_ref(),
-                    Ok(&priced),
+                    incoming.price_body(canonical.as_bytes()).map(|c| (c.price, c.fingerprint)),
+                    Ok((priced.price.clone(), priced.fingerprint.clone())),
                     "the canonical body {canonical:?} prices or fingerprints differently"
                 );
             }
+            // The body the gateway forwards reads back as exactly what was priced.
+            assert_eq!(
+                incoming.price_body(priced.body.as_bytes()).as_ref(),
+                Ok(&priced),
+                "the forwarded body {:?} prices differently",
+                priced.body
+            );
         }
     }
 });

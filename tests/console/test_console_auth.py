@@ -17,7 +17,8 @@ from support.stack import ADMIN_KEY, REAL_KEY, Stack
 PAGES = ["/admin/ui/", "/admin/ui/keys", "/admin/ui/keys?label_prefix=x", "/admin/ui/keys/revoke?label_prefix=x",
          "/admin/ui/audit", "/admin/ui/audit?decision=denied", "/admin/ui/audit/1", "/admin/ui/health",
          "/admin/ui/no-such-page"]
-ACTIONS = ["/admin/ui/keys", "/admin/ui/keys/key_0123/revoke", "/admin/ui/keys/revoke", "/admin/ui/logout"]
+ACTIONS = ["/admin/ui/keys", "/admin/ui/keys/key_0123/revoke", "/admin/ui/keys/key_0123/reinstate",
+           "/admin/ui/keys/revoke", "/admin/ui/logout"]
 
 
 def anonymous(stack: Stack, cookie: str | None = None) -> httpx.Client:
@@ -90,6 +91,7 @@ def test_actions_need_the_sessions_csrf_token(console_stack, session):
 
     key = console_stack.issue_key(label="console-csrf-2")
     assert session.post(f"/admin/ui/keys/{key['id']}/revoke", data={"csrf": other_token}).status_code == 403
+    assert session.post(f"/admin/ui/keys/{key['id']}/reinstate", data={"csrf": other_token}).status_code == 403
     assert session.post("/admin/ui/keys/revoke", data={"label_prefix": "console-csrf-"}).status_code == 403
     assert console_stack.admin("GET", f"/admin/vault_keys/{key['id']}").json()["state"] == "active"
     assert session.post("/admin/ui/logout", data={}).status_code == 403

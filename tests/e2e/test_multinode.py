@@ -150,3 +150,24 @@ def test_a_console_session_is_known_to_every_replica_and_logout_ends_it_everywhe
     for url in replica:
         after = httpx.get(f"{url}/admin/ui/keys", cookies=cookies, timeout=10)
         assert after.status_code == 303 and after.headers["location"] == "/admin/ui/login", url
+
+
+def test_a_suspension_at_one_gateway_stops_the_key_at_every_gateway(cluster):
+    """A call through one Envoy and one replica moves more than was priced: the
+    key's very next call, through the other Envoy (and replica), is refused."""
+    key = cluster.issue_key(label="multi-suspend", allowed_endpoints=["POST /v1/charges", "GET /v1/charges/*"])
+    warm = httpx.get(f"{cluster.url(1)}/stripe/v1/charges/ch_0", headers={"Authorization": f"Bearer {key['vault_key']}"})
+    assert warm.status_code == 404, "a read the other gateway's workers may now decide from their cache"
+    cluster.set_faults(overcharge_factor=100, match_path="/v1/charges")
+    try:
+        moved = charge(cluster, 0, key["vault_key"], "cus_over")
+    finally:
+        cluster.clear_faults()
+    assert moved.status_code == 200 and moved.json()["amount"] == 100_000
+    for envoy in (1, 0, 1):
+        r = charge(cluster, envoy, key["vault_key"], f"cus_next_{envoy}")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "vault_key_suspended", (envoy, r.text)
+        read = httpx.get(f"{cluster.url(envoy)}/stripe/v1/charges/ch_0",
+                         headers={"Authorization": f"Bearer {key['vault_key']}"})
+        assert read.status_code == 401, (envoy, read.text)
+    assert len(cluster.upstream_requests(method="POST", path="/v1/charges")) == 1

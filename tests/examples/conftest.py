@@ -17,6 +17,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_PROMPT_ENABLED", "0")
 os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
 os.environ.setdefault("RAY_SERVE_ENABLE_TELEMETRY", "0")
+# Ray Serve kills a proxy that is not ready within 5 s, or not healthy within
+# 10 s: a loaded machine starts Python processes slower than that. Wait for
+# them as long as the test itself may take instead.
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "240")
+os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "120")
 
 EXAMPLE_DIRS = [str(ROOT / "examples" / "ray"), str(ROOT / "examples" / "kestra")]
 for p in EXAMPLE_DIRS:

@@ -18,6 +18,7 @@ The keys the cases run against (issued by the test, see ``KEYS``):
 
 * ``scoped``: ``POST /v1/charges`` and ``GET /v1/charges/*``;
 * ``acct``: the same scopes with ``allowed_accounts`` (``ACCOUNTS``);
+* ``acctself``: the same with one account and ``"self"`` (the platform's own account);
 * ``wild``: ``POST /v1/charges/*/capture`` and ``GET /v1/customers/*/sources``,
   no cap: a wildcard followed by a literal, where a segment that turns into
   something else on the way upstream would reach another endpoint.
@@ -49,12 +50,13 @@ KEYS: dict[str, dict] = {
     },
     "wild": {"allowed_endpoints": ["POST /v1/charges/*/capture", "GET /v1/customers/*/sources"]},
 }
+KEYS["acctself"] = {**KEYS["acct"], "allowed_accounts": ["acct_1AllowedAAAAAAAAA", "self"]}
 ACCOUNTS = KEYS["acct"]["allowed_accounts"]
 ACCT_A, ACCT_B = ACCOUNTS
 ACCT_EVIL = "acct_1EvilCCCCCCCCCCCCC"
 
 PROTOCOLS = ("h1", "h2")
-CASE_HEADER = "x-keybrake-case"  # added to every request, to find it in the upstream's log
+CASE_HEADER = "user-agent"  # set to the case id on every request, to find it in the upstream's log (the gateway forwards it)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ PATH_INVALID = Refuse(400, "path_invalid")
 NOT_ALLOWED = Refuse(403, "endpoint_not_allowed")
 METHOD_NOT_ALLOWED = Refuse(403, "method_not_allowed")
 OVERRIDE = Refuse(400, "method_override_refused")
+# A query is read like a form body (strict names, one shape per name) before the scope is decided.
+QUERY_MALFORMED = Refuse(400, "query_malformed")
+# Account headers must be account ids, and agree with each other, or nothing is decided on them.
+ACCOUNT_INVALID = Refuse(400, "account_header_invalid")
 AMBIGUOUS = Refuse(400, "credentials_ambiguous")
 ENVOY_400 = Refuse(400)
 ENVOY_404 = Refuse(404)  # no route: the filter never sees it, nothing goes upstream
@@ -318,8 +324,10 @@ def wildcard_then_literal() -> list[Case]:
                     key="wild", tries=f"{enc} in the id to turn POST /v1/charges/*/capture into POST /v1/charges/ch_1")
         out += both("wild", f"sources-id-{name}", "GET", f"/stripe/v1/customers/cus_1{enc}/sources", PATH_INVALID,
                     key="wild", tries=f"{enc} in the id to turn GET /v1/customers/*/sources into GET /v1/customers/cus_1")
-    out += both("wild", "sources-real-query", "GET", "/stripe/v1/customers/cus_1?/sources", NOT_ALLOWED, key="wild",
-                tries="a real '?' before the literal: the path is /v1/customers/cus_1")
+    out += both("wild", "sources-real-query", "GET", "/stripe/v1/customers/cus_1?/sources", QUERY_MALFORMED, key="wild",
+                tries="a real '?' before the literal: the path is /v1/customers/cus_1, the query a malformed name")
+    out += both("wild", "sources-real-query-named", "GET", "/stripe/v1/customers/cus_1?x=/sources", NOT_ALLOWED,
+                key="wild", tries="a real '?' before the literal, in a well-formed query: the path is /v1/customers/cus_1")
     out += both("wild", "capture-star-id", "POST", "/stripe/v1/charges/%2a/capture", PATH_INVALID, key="wild",
                 tries="'*' as the id itself (a scope's wildcard, never a real id)")
     out += both("wild", "capture-dotdot-id", "POST", "/stripe/v1/charges/ch_1/../capture", NOT_ALLOWED, key="wild",
@@ -403,8 +411,7 @@ def absolute_form() -> list[Case]:
         ("no-path", "GET", "http://gateway", ENVOY_404),
         ("userinfo", "POST", "http://user:pw@gateway/stripe/v1/charges", POST_CHARGES),  # Envoy drops the userinfo
         ("admin-climb", "POST", "http://gateway/admin/../stripe/v1/refunds", NOT_ALLOWED),
-        ("query-path", "GET", "http://gateway/stripe/v1/charges/ch_1?/../../refunds",
-         Forward("GET", "/v1/charges/ch_1?/../../refunds")),
+        ("query-path", "GET", "http://gateway/stripe/v1/charges/ch_1?/../../refunds", QUERY_MALFORMED),
         ("scheme-relative", "POST", "//gateway/stripe/v1/charges", ENVOY_404),
     ]:
         out += h1_only("absolute", variant, method, target, expect, tries="an absolute-form request target")
@@ -426,17 +433,20 @@ def absolute_form() -> list[Case]:
 def query_strings() -> list[Case]:
     out = []
     for variant, method, target, expect in [
-        ("dotdot", "GET", "/stripe/v1/charges/ch_1?/../../refunds", Forward("GET", "/v1/charges/ch_1?/../../refunds")),
+        ("dotdot", "GET", "/stripe/v1/charges/ch_1?/../../refunds", QUERY_MALFORMED),
+        # Forwarded re-encoded: a value's '/' can never read as part of the path upstream.
         ("path-param", "GET", "/stripe/v1/charges/ch_1?path=/v1/refunds",
-         Forward("GET", "/v1/charges/ch_1?path=/v1/refunds")),
-        ("encoded-climb", "GET", "/stripe/v1/charges/ch_1?%2f..%2f..%2frefunds",
-         Forward("GET", "/v1/charges/ch_1?%2f..%2f..%2frefunds")),
-        ("list-with-id-query", "GET", "/stripe/v1/charges?/ch_1", NOT_ALLOWED),
+         Forward("GET", "/v1/charges/ch_1?path=%2Fv1%2Frefunds")),
+        ("encoded-climb", "GET", "/stripe/v1/charges/ch_1?%2f..%2f..%2frefunds", QUERY_MALFORMED),
+        ("list-with-id-query", "GET", "/stripe/v1/charges?/ch_1", QUERY_MALFORMED),
         ("list-with-id-param", "GET", "/stripe/v1/charges?id=ch_1", NOT_ALLOWED),
-        ("double-question", "GET", "/stripe/v1/charges/ch_1??x=1", Forward("GET", "/v1/charges/ch_1??x=1")),
+        ("double-question", "GET", "/stripe/v1/charges/ch_1??x=1", QUERY_MALFORMED),
         ("empty-query", "GET", "/stripe/v1/charges/ch_1?", get_charge()),
         ("expand", "GET", "/stripe/v1/charges/ch_1?expand[]=customer", Forward("GET", "/v1/charges/ch_1?expand[]=customer")),
-        ("repeated", "GET", "/stripe/v1/charges/ch_1?a=1&a=2", Forward("GET", "/v1/charges/ch_1?a=1&a=2")),
+        ("repeated", "GET", "/stripe/v1/charges/ch_1?a=1&a=2", Refuse(400, "parameter_duplicated")),
+        ("scalar-and-list", "GET", "/stripe/v1/charges/ch_1?expand=a&expand[]=b", QUERY_MALFORMED),
+        ("re-encoded", "GET", "/stripe/v1/charges/ch_1?expand[]=data.customer&a=b+c%2a",
+         Forward("GET", "/v1/charges/ch_1?expand[]=data.customer&a=b%20c%2A")),
         ("fragment", "GET", "/stripe/v1/charges/ch_1#/../../refunds", ENVOY_400),
         ("query-fragment", "GET", "/stripe/v1/charges/ch_1?x=1#/../refunds", ENVOY_400),
         ("post-query-climb", "POST", "/stripe/v1/charges?/../refunds", Refuse(400, "query_on_post")),
@@ -576,21 +586,31 @@ def credentials() -> list[Case]:
 def accounts() -> list[Case]:
     out = []
     acct = lambda *values: BEARER + FORM + tuple(("Stripe-Account", v) for v in values)  # noqa: E731
+    context = lambda *values: BEARER + FORM + tuple(("Stripe-Context", v) for v in values)  # noqa: E731
     for variant, headers, expect in [
         ("allowed-a", acct(ACCT_A), POST_CHARGES),
         ("allowed-b", acct(ACCT_B), POST_CHARGES),
-        ("none", acct(), POST_CHARGES),
+        # The list is complete: the platform's own account only when it lists "self".
+        ("none", acct(), Refuse(403, "account_not_allowed")),
         ("not-allowed", acct(ACCT_EVIL), Refuse(403, "account_not_allowed")),
-        ("upper-case", acct(ACCT_A.upper()), Refuse(403, "account_not_allowed")),
+        ("upper-case", acct(ACCT_A.upper()), ACCOUNT_INVALID),
         ("prefix-of-allowed", acct(ACCT_A[:-1]), Refuse(403, "account_not_allowed")),
         ("allowed-plus-suffix", acct(ACCT_A + "X"), Refuse(403, "account_not_allowed")),
-        ("comma-list", acct(f"{ACCT_A},{ACCT_EVIL}"), Refuse(403, "account_not_allowed")),
-        ("comma-list-allowed-last", acct(f"{ACCT_EVIL}, {ACCT_A}"), Refuse(403, "account_not_allowed")),
+        ("comma-list", acct(f"{ACCT_A},{ACCT_EVIL}"), ACCOUNT_INVALID),
+        ("comma-list-allowed-last", acct(f"{ACCT_EVIL}, {ACCT_A}"), ACCOUNT_INVALID),
         ("two-headers", acct(ACCT_A, ACCT_EVIL), Refuse(400, "header_repeated")),
         ("two-headers-evil-first", acct(ACCT_EVIL, ACCT_A), Refuse(400, "header_repeated")),
         ("two-headers-same", acct(ACCT_A, ACCT_A), Refuse(400, "header_repeated")),
         ("too-long", acct(ACCT_A + "A" * 300), Refuse(400, "header_too_long")),
-        ("pct-encoded", acct(ACCT_A.replace("_", "%5F")), Refuse(403, "account_not_allowed")),
+        ("pct-encoded", acct(ACCT_A.replace("_", "%5F")), ACCOUNT_INVALID),
+        # Stripe-Context (organization keys) names the account too, under the same list.
+        ("context-allowed", context(ACCT_A), POST_CHARGES),
+        ("context-not-allowed", context(ACCT_EVIL), Refuse(403, "account_not_allowed")),
+        ("context-and-account-agree", acct(ACCT_A) + (("Stripe-Context", ACCT_A),), POST_CHARGES),
+        ("context-and-account-differ", acct(ACCT_A) + (("Stripe-Context", ACCT_EVIL),), ACCOUNT_INVALID),
+        ("context-differs-from-allowed-account", acct(ACCT_EVIL) + (("Stripe-Context", ACCT_A),), ACCOUNT_INVALID),
+        ("context-malformed", context(f"{ACCT_A}/../x"), Refuse(400, "account_header_invalid")),
+        ("two-contexts", context(ACCT_A, ACCT_EVIL), Refuse(400, "header_repeated")),
     ]:
         out += both("account", variant, "POST", "/stripe/v1/charges", expect, headers=headers, key="acct",
                     tries="the Stripe-Account header against allowed_accounts")
@@ -600,6 +620,10 @@ def accounts() -> list[Case]:
                 headers=BEARER + (("Stripe-Account", ACCT_B),), key="acct", tries="a read on an allowed account")
     out += both("account", "no-list-any-account", "POST", "/stripe/v1/charges", POST_CHARGES,
                 headers=acct(ACCT_EVIL), key="scoped", tries="a key without allowed_accounts: any account")
+    out += both("account", "self-listed-platform", "POST", "/stripe/v1/charges", POST_CHARGES, headers=acct(),
+                key="acctself", tries="a list naming \"self\": the platform's own account")
+    out += both("account", "self-listed-other", "POST", "/stripe/v1/charges", Refuse(403, "account_not_allowed"),
+                headers=acct(ACCT_B), key="acctself", tries="a list naming \"self\" and one account, another account")
     # Whitespace around the value: HTTP/1.1 strips it (RFC 9110); HTTP/2 forbids it.
     out += h1_only("account", "padded", "POST", "/stripe/v1/charges", POST_CHARGES, headers=acct(f"  {ACCT_A}  "),
                    key="acct", tries="spaces around an allowed account (stripped by the HTTP/1.1 parser)")
@@ -609,7 +633,7 @@ def accounts() -> list[Case]:
     out += both("account", "underscore-name", "POST", "/stripe/v1/charges", ENVOY_400, expect_h2=NO_RESPONSE, key="acct",
                 headers=BEARER + FORM + (("Stripe_Account", ACCT_EVIL),),
                 tries="Stripe_Account (underscore) for an account not on the list")
-    out += h2_only("account", "padded", "POST", "/stripe/v1/charges", Refuse(403, "account_not_allowed"),
+    out += h2_only("account", "padded", "POST", "/stripe/v1/charges", ACCOUNT_INVALID,
                    headers=acct(f" {ACCT_A} "), key="acct",
                    tries="spaces around an allowed account (HTTP/2 keeps them: not the same account)")
     return out

@@ -44,6 +44,7 @@ OPERATIONS = [
     "GET /admin/vault_keys",
     "GET /admin/vault_keys/{id}",
     "DELETE /admin/vault_keys/{id}",
+    "POST /admin/vault_keys/{id}/reinstate",
     "POST /admin/vault_keys/revoke",
     "GET /admin/usage",
     "GET /admin/audit",
@@ -107,7 +108,8 @@ stripe_key = st.fixed_dictionaries(
               "dedup": st.sampled_from([None, "content", "idempotency_key"]),
               "dedup_window_seconds": st.one_of(st.none(), st.integers(1, 604_800)),
               "allow_unpriced_calls": st.booleans(),
-              "allowed_accounts": st.lists(st.from_regex(r"acct_[A-Za-z0-9]{1,30}", fullmatch=True), max_size=3)})
+              "allowed_accounts": st.lists(st.one_of(st.from_regex(r"acct_[A-Za-z0-9]{1,30}", fullmatch=True),
+                                                     st.just("self")), max_size=3)})
 audit_key = st.fixed_dictionaries(
     {"label": st.just("fuzz-audit"), "vendor": st.just("keybrake"), "allowed_endpoints": st.just(["GET /admin/audit"]),
      "expires_in_seconds": st.integers(1, 2_592_000)})
@@ -122,7 +124,7 @@ rates = st.fixed_dictionaries(
 def valid_strategy(admin: Admin, label: str, operation):
     if label == "POST /admin/vault_keys":
         return st.one_of(stripe_key, audit_key).flatmap(lambda body: operation.as_strategy(body=body))
-    if label in ("GET /admin/vault_keys/{id}", "DELETE /admin/vault_keys/{id}"):
+    if label in ("GET /admin/vault_keys/{id}", "DELETE /admin/vault_keys/{id}", "POST /admin/vault_keys/{id}/reinstate"):
         return st.sampled_from(admin.key_ids).flatmap(lambda i: operation.as_strategy(path_parameters={"id": i}))
     if label == "PUT /admin/fx_rates":
         return rates.flatmap(lambda body: operation.as_strategy(body=body))
@@ -145,7 +147,7 @@ WITH_INPUT = [
 ]
 # Operations a random input hardly ever gets through (see valid_strategy).
 WITH_VALID = ["POST /admin/vault_keys", "GET /admin/vault_keys/{id}", "DELETE /admin/vault_keys/{id}",
-              "PUT /admin/fx_rates"]
+              "POST /admin/vault_keys/{id}/reinstate", "PUT /admin/fx_rates"]
 RUNS = (
     [pytest.param(label, "positive", id=f"{label} positive") for label in OPERATIONS]
     + [pytest.param(label, "negative", id=f"{label} negative") for label in WITH_INPUT]

@@ -12,6 +12,13 @@ reached "Stripe" and count how much money moved. The stand-in:
 * records every request it receives and counts charges, refunds, transfers...;
 * ignores ``Idempotency-Key`` unless started with ``--honor-idempotency``, so
   that by default any de-duplication seen in a test is the gateway's work;
+* reads requests strictly, as Stripe documents them, unless started with
+  ``--lenient``: then it reads them the way forgiving web frameworks do (a
+  JSON body whatever the ``Content-Type``, ``gzip``/``deflate`` bodies
+  inflated, the declared charset, ``;`` as a separator, the last of repeated
+  parameters, booleans in any case and ``1``/``yes``/``on``, numbers with
+  spaces, signs, underscores, exponents or other scripts' digits) — the
+  upstream the gateway must not depend on reading bytes as it does;
 * can inject faults: drop the connection after the money moved, delay, or fail.
 
 Test hooks live under ``/__standin/`` and need no API key:
@@ -30,7 +37,7 @@ a comma-separated list of ``reset``, ``delay=<ms>`` and ``fail=<status>``.
 
 Usage:
     python stripe_standin.py --port 0 --expect-key sk_test_xxx \
-        [--honor-idempotency] [--host 127.0.0.1]
+        [--honor-idempotency] [--lenient] [--host 127.0.0.1]
 
 Once listening it prints one line, ``READY <port>``, to stdout and nothing else.
 Standard library only.
@@ -42,6 +49,7 @@ import argparse
 import base64
 import binascii
 import dataclasses
+import gzip
 import json
 import re
 import secrets
@@ -52,12 +60,14 @@ import sys
 import threading
 import time
 import traceback
+import unicodedata
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, parse_qsl
+from urllib.parse import parse_qs, parse_qsl, unquote_plus
 
 MAX_BODY_BYTES = 1 << 20
 ID_ALPHABET = string.ascii_letters + string.digits
@@ -210,9 +220,10 @@ def integer_param(
         if required:
             raise missing_param(name)
         return default
-    if not isinstance(raw, str) or not re.fullmatch(r"-?[0-9]+", raw):
+    lenient_value = lenient_integer(raw) if LENIENT and isinstance(raw, str) else None
+    if lenient_value is None and (not isinstance(raw, str) or not re.fullmatch(r"-?[0-9]+", raw)):
         raise invalid_request(f"Invalid integer: {raw}", "parameter_invalid_integer", name)
-    value = int(raw)
+    value = lenient_value if lenient_value is not None else int(raw)
     if minimum is not None and value < minimum:
         raise invalid_request(
             f"This value must be greater than or equal to {minimum}.", "parameter_invalid_integer", name
@@ -228,18 +239,43 @@ def currency_param(params: dict, *, default: str | None = None) -> str:
     raw = params.get("currency") or default
     if raw is None:
         raise missing_param("currency")
+    if LENIENT and isinstance(raw, str):
+        raw = raw.strip()
     if not isinstance(raw, str) or not re.fullmatch(r"[A-Za-z]{3}", raw):
         raise invalid_request(f"Invalid currency: {raw}.", param="currency")
     return raw.lower()
+
+
+# Set by --lenient: read values the way forgiving frameworks do.
+LENIENT = False
+LENIENT_TRUE = ("true", "1", "yes", "on", "t", "y")
+LENIENT_FALSE = ("false", "0", "no", "off", "f", "n", "")
 
 
 def boolean_param(params: dict, name: str, default: bool) -> bool:
     raw = params.get(name)
     if raw is None:
         return default
+    if LENIENT and isinstance(raw, str) and raw.strip().lower() in LENIENT_TRUE + LENIENT_FALSE:
+        return raw.strip().lower() in LENIENT_TRUE
     if raw not in ("true", "false"):
         raise invalid_request(f"Invalid boolean: {raw}", param=name)
     return raw == "true"
+
+
+def lenient_integer(raw: str) -> int | None:
+    """``int()`` and then ``float()`` on the stripped text: ``" 100"``,
+    ``"+100"``, ``"1_000"``, ``"１００"``, ``"1e5"`` and ``"100.0"`` all read as numbers."""
+    text = unicodedata.normalize("NFKC", raw).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
 
 
 def required_param(params: dict, name: str) -> Any:
@@ -645,6 +681,9 @@ class FaultConfig:
     delay_ms: every matching response is held back this long.
     fail_status: every matching request is answered with this status and a
         Stripe ``api_error`` body, without being processed.
+    overcharge_factor: every matching request that carries an ``amount`` is
+        executed with that amount multiplied by this factor: a Stripe that
+        moves more than it was asked to, for the gateway's reconciliation.
     hold: every matching request is processed and recorded, and its answer
         held until ``POST /__standin/release`` (or the faults are cleared):
         a test can act while a call is surely in flight, however slow the machine.
@@ -654,6 +693,7 @@ class FaultConfig:
     delay_ms: int = 0
     fail_status: int | None = None
     hold: bool = False
+    overcharge_factor: int = 1
     match_path: str | None = None
     match_method: str | None = None
 
@@ -674,6 +714,8 @@ class FaultConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise invalid_request(f"{name} must be a non-negative integer.", param=name)
+        if not isinstance(self.overcharge_factor, int) or self.overcharge_factor < 1:
+            raise invalid_request("overcharge_factor must be a positive integer.", param="overcharge_factor")
         if self.fail_status is not None and not (
             isinstance(self.fail_status, int) and 400 <= self.fail_status <= 599
         ):
@@ -698,6 +740,7 @@ class FaultPlan:
     delay_ms: int = 0
     fail_status: int | None = None
     hold: threading.Event | None = None
+    overcharge_factor: int = 1
 
     @classmethod
     def from_header(cls, header: str) -> FaultPlan:
@@ -785,11 +828,96 @@ def masked(key: str) -> str:
 
 def parse_params(request: Request) -> dict:
     """Query string and body parameters together, the body winning."""
+    if LENIENT:
+        return parse_params_leniently(request)
     try:
         body = request.body.decode()
     except UnicodeDecodeError:
         raise invalid_request("Invalid request: the body is not valid UTF-8.") from None
     return {**parse_form(request.query), **parse_form(body)}
+
+
+def parse_params_leniently(request: Request) -> dict:
+    """What a forgiving framework makes of a request: the body inflated per
+    ``Content-Encoding``, decoded per the declared charset, read as JSON when
+    it is JSON (whatever the ``Content-Type``), else as a form where ``;``
+    separates too and the last of repeated names wins."""
+    body = request.body
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            body = gzip.decompress(body)
+        elif encoding == "deflate":
+            try:
+                body = zlib.decompress(body)
+            except zlib.error:
+                body = zlib.decompress(body, -zlib.MAX_WBITS)
+    except (OSError, EOFError, zlib.error):
+        raise invalid_request("Invalid request: the body does not inflate.") from None
+    charset = "utf-8"
+    for part in request.headers.get("content-type", "").split(";")[1:]:
+        name, _, value = part.partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip('"')
+    try:
+        text = body.decode(charset, errors="replace")
+    except LookupError:
+        text = body.decode("utf-8", errors="replace")
+    query = lenient_form(request.query)
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            document = json.loads(stripped)
+        except ValueError:
+            document = None
+        if isinstance(document, dict):
+            return {**query, **_stringify(document)}
+    return {**query, **lenient_form(text)}
+
+
+def _stringify(node: Any) -> Any:
+    """JSON values as a form parser would have them: scalars as text."""
+    if isinstance(node, dict):
+        return {str(k): _stringify(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_stringify(v) for v in node]
+    if isinstance(node, bool):
+        return "true" if node else "false"
+    return "" if node is None else str(node)
+
+
+def lenient_form(text: str) -> dict:
+    """``&`` and ``;`` separate pairs; brackets nest; a later value replaces
+    an earlier one, whatever its shape."""
+    root: dict = {}
+    for pair in re.split(r"[&;]", text):
+        if not pair:
+            continue
+        raw_key, _, raw_value = pair.partition("=")
+        key, value = unquote_plus(raw_key, errors="replace"), unquote_plus(raw_value, errors="replace")
+        match = _KEY_SYNTAX.fullmatch(key)
+        path = [match.group(1), *re.findall(r"\[([^\[\]]*)\]", match.group(2))] if match else [key]
+        node = root
+        for segment in path[:-1]:
+            if not isinstance(node.get(segment), dict):
+                node[segment] = {}
+            node = node[segment]
+        if path[-1] == "":
+            # `name[]` appends (after `name=1`, the list replaces the value).
+            if not isinstance(node.get(""), list):
+                node[""] = []
+            node[""].append(value)
+        else:
+            node[path[-1]] = value
+    return _listify(_flatten_appends(root))
+
+
+def _flatten_appends(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if set(node) == {""}:
+        return node[""]
+    return {k: _flatten_appends(v) for k, v in node.items() if k != ""}
 
 
 class Standin:
@@ -822,6 +950,11 @@ class Standin:
         if reply.record is not None:
             with self._lock:
                 reply.record["status"] = status
+                if status is not None and 200 <= status < 300:
+                    try:  # what the stand-in made of the request: the object it answered with
+                        reply.record["answer"] = json.loads(reply.body)
+                    except ValueError:
+                        pass
             r = reply.record
             print(f"{r['seq']} {r['method']} {r['path']} -> {status if status is not None else 'reset'}"
                   f" idempotency-key={r['headers'].get('idempotency-key', '-')}", file=sys.stderr, flush=True)
@@ -869,6 +1002,7 @@ class Standin:
             plan.fail_status = plan.fail_status or config.fail_status
             if config.hold:
                 plan.hold = self._release
+            plan.overcharge_factor = config.overcharge_factor
             if config.reset_after_receive > 0:
                 config.reset_after_receive -= 1
                 plan.reset = True
@@ -883,6 +1017,10 @@ class Standin:
             self._authenticate(request.headers)
         if bad_params:
             raise bad_params
+        if plan.overcharge_factor > 1 and isinstance(params.get("amount"), str):
+            amount = lenient_integer(params["amount"])
+            if amount is not None:
+                params = {**params, "amount": str(amount * plan.overcharge_factor)}
         idempotency_key = request.headers.get("idempotency-key")
         if self._honor_idempotency and idempotency_key and request.method == "POST":
             return self._idempotent(idempotency_key, request, params)
@@ -1133,7 +1271,13 @@ def main(argv: list[str] | None = None) -> None:
         "--honor-idempotency", action="store_true",
         help="replay responses for a repeated Idempotency-Key, as Stripe does (default: ignore it)",
     )
+    parser.add_argument(
+        "--lenient", action="store_true",
+        help="read requests the way forgiving frameworks do (see the module's docstring)",
+    )
     args = parser.parse_args(argv)
+    global LENIENT
+    LENIENT = args.lenient
     server = StandinServer((args.host, args.port), Standin(args.expect_key, args.honor_idempotency))
     print(f"READY {server.server_address[1]}", flush=True)
     try:

@@ -5,11 +5,13 @@ Each stand-in runs as a subprocess, as the end-to-end tests run it.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import select
 import sys
 import tempfile
 import threading
+import zlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -401,3 +403,57 @@ def test_handles_200_concurrent_connections(standin):
 
     assert statuses == [200] * 200
     assert standin.counts()["charges"] == 200
+
+
+def test_overcharge_fault_moves_more_than_asked(standin):
+    standin.set_faults(overcharge_factor=1000, match_path="/v1/charges")
+    charge = standin.client().v1.charges.create(params={**CHARGE, "amount": 100})
+    assert charge.amount == 100_000
+    assert standin.requests(path="/v1/charges")[-1]["answer"]["amount"] == 100_000, "the record shows what moved"
+
+
+@pytest.fixture(scope="module")
+def lenient_process():
+    standin = Standin("--lenient")
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def lenient(lenient_process):
+    lenient_process.reset()
+    return lenient_process
+
+
+@pytest.mark.parametrize(("body", "content_type", "encoding", "amount"), [
+    (b'{"amount": 100000, "currency": "usd"}', "application/x-www-form-urlencoded", None, 100_000),
+    (b"amount=1&amount=100000&currency=usd", "application/x-www-form-urlencoded", None, 100_000),
+    (b"amount=1;amount=100000&currency=usd", "application/x-www-form-urlencoded", None, 100_000),
+    (b"amount=1&amount[]=7&amount=100000&currency=usd", "application/x-www-form-urlencoded", None, 100_000),
+    (b"amount=1_000&currency=USD", "application/x-www-form-urlencoded", None, 1000),
+    (b"amount=1e5&currency=usd", "application/x-www-form-urlencoded", None, 100_000),
+    ("amount=１００&currency=usd".encode(), "application/x-www-form-urlencoded", None, 100),
+    ("amount=100000&currency=usd".encode("utf-16"), "application/x-www-form-urlencoded; charset=utf-16", None, 100_000),
+    (gzip.compress(b"amount=100000&currency=usd"), "application/x-www-form-urlencoded", "gzip", 100_000),
+    (zlib.compress(b"amount=100000&currency=usd"), "application/x-www-form-urlencoded", "deflate", 100_000),
+])
+def test_lenient_mode_reads_what_forgiving_frameworks_read(lenient, body, content_type, encoding, amount):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": content_type}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    r = httpx.post(f"{lenient.url}/v1/charges", content=body, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["amount"] == amount
+
+
+def test_lenient_booleans_confirm_an_intent(lenient):
+    r = httpx.post(f"{lenient.url}/v1/payment_intents", data={"amount": 500, "currency": "usd", "confirm": "True"},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert r.json()["status"] == "succeeded"
+
+
+def test_strict_mode_refuses_what_lenient_mode_reads(standin):
+    for body in (b'{"amount": 100000, "currency": "usd"}', b"amount=1e5&currency=usd", b"amount=+100&currency=usd"):
+        r = httpx.post(f"{standin.url}/v1/charges", content=body, timeout=10,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400, (body, r.text)

@@ -237,9 +237,9 @@ class Stack:
         if proc is not None:
             processes.stop(proc, sig)
 
-    def stop_envoy_cleanly(self) -> bool:
+    def stop_envoy_cleanly(self, timeout: float = 60.0) -> bool:
         """Drains Envoy until its filters delivered what they queued, then stops it."""
-        drained = envoy_drain.drain(self.envoy_admin_port)
+        drained = envoy_drain.drain(self.envoy_admin_port, timeout)
         self.stop_process("envoy")
         return drained
 

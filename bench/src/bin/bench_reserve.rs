@@ -179,6 +179,7 @@ impl Run {
             query: String::new(),
             metadata_only: false,
             call_id: format!("call_bench{}x{n}", self.nonce),
+            stripe_context: String::new(),
         }
     }
 

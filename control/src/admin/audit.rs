@@ -74,8 +74,9 @@ impl Params {
             Some(_) => return Err(AdminError::invalid("order", "order must be \"asc\" or \"desc\"")),
         };
         if let Some(d) = &self.decision {
-            if !["allowed", "denied", "replayed", "abandoned"].contains(&d.as_str()) {
-                return Err(AdminError::invalid("decision", "decision must be allowed, denied, replayed or abandoned"));
+            if !crate::audit::DECISIONS.contains(&d.as_str()) {
+                let known = crate::audit::DECISIONS.join(", ");
+                return Err(AdminError::invalid("decision", format!("decision must be one of {known}")));
             }
         }
         let cursor = match &self.starting_after {

@@ -148,6 +148,42 @@ pub async fn revoke(
     Ok(Json(one(&app, id).await?))
 }
 
+#[utoipa::path(post, path = "/admin/vault_keys/{id}/reinstate", tag = "vault keys", params(("id" = String, Path, description = "Key id (key_...)")),
+    responses((status = 200, description = "The key, no longer suspended", body = KeyView),
+        (status = 404, description = "No such key", body = ErrorBody),
+        AdminErrors))]
+/// Lift a key's suspension (a call with it moved more than Keybrake priced):
+/// after reviewing the audit row that suspended it. A revoked or expired key stays so.
+pub async fn reinstate(
+    State(app): State<Arc<App>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, AdminError> {
+    require_admin(&p)?;
+    let (key_id, now_us) = (id.clone(), app.clock.now_us());
+    let (hash, generation) = app
+        .store
+        .write(move |l| match l.reinstate_key(&key_id)? {
+            Some(hash) => Ok((Some(hash), l.record_revocation(&[hash], now_us / 1_000_000)?)),
+            None => Ok((None, 0)),
+        })
+        .await?;
+    if let Some(hash) = hash {
+        // Caches holding the suspended key drop it, and learn the key anew.
+        app.keys.evict(&[hash]);
+        let propagated = crate::revocation::wait_propagated(
+            &app.store,
+            &app.revocations,
+            generation,
+            now_us / 1000,
+            PROPAGATION_TIMEOUT,
+        )
+        .await?;
+        tracing::info!(key_id = %id, propagated, "vault key reinstated");
+    }
+    Ok(Json(one(&app, id).await?))
+}
+
 /// Revokes in the store, then waits until every Envoy worker's cache has
 /// dropped the keys (bounded; `propagated` says whether it got there).
 async fn revoke_and_propagate(app: &App, selector: RevokeSelector) -> Result<Revoked, AdminError> {

@@ -51,6 +51,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/vault_keys", post(keys::create).get(keys::list))
         .route("/admin/vault_keys/revoke", post(keys::revoke_prefix))
         .route("/admin/vault_keys/{id}", get(keys::show).delete(keys::revoke))
+        .route("/admin/vault_keys/{id}/reinstate", post(keys::reinstate))
         .route("/admin/usage", get(keys::usage))
         .route("/admin/audit", get(audit::query))
         .route("/admin/audit/verify", get(audit::verify))

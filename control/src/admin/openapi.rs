@@ -16,7 +16,7 @@ use super::{audit, error, fx, keys};
             Errors use Stripe's shape: `{\"error\": {\"type\", \"code\", \"message\", \"param\"}}`."
     ),
     paths(
-        keys::create, keys::list, keys::show, keys::revoke, keys::revoke_prefix, keys::usage,
+        keys::create, keys::list, keys::show, keys::revoke, keys::reinstate, keys::revoke_prefix, keys::usage,
         audit::query, audit::verify, fx::list, fx::set
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),

@@ -10,6 +10,11 @@ use crate::model::AuditRow;
 use crate::store::{Store, StoreResult};
 use keybrake_core::money::UsdMicros;
 
+/// Every decision an audit row records: a call allowed, denied, replayed or
+/// abandoned (the stream ended first), and a settled call whose answer moved
+/// more than was priced (`price_mismatch`, with both readings in `detail`).
+pub const DECISIONS: [&str; 5] = ["allowed", "denied", "replayed", "abandoned", "price_mismatch"];
+
 /// One audit row as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditView {

@@ -31,9 +31,15 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 // The columns each backend reads and writes, in the order of its row decoders.
-pub(crate) const KEY_COLUMNS: &str =
-    "id, key_hash, label, vendor, allowed_endpoints, allowed_accounts, daily_cap_micros, \
-    max_per_call_micros, allow_unpriced, dedup_mode, dedup_window_secs, created_at, expires_at, revoked_at";
+macro_rules! key_insert_columns {
+    () => {
+        "id, key_hash, label, vendor, allowed_endpoints, allowed_accounts, daily_cap_micros, \
+        max_per_call_micros, allow_unpriced, dedup_mode, dedup_window_secs, created_at, expires_at, revoked_at"
+    };
+}
+/// What a new key is written with (a new key is never suspended).
+pub(crate) const KEY_INSERT_COLUMNS: &str = key_insert_columns!();
+pub(crate) const KEY_COLUMNS: &str = concat!(key_insert_columns!(), ", suspended_at, suspended_reason");
 
 pub(crate) const CALL_COLUMNS: &str =
     "call_id, key_id, day, amount_micros, bucket, state, unpriced, created_at, lease_expires_at, context";
@@ -85,7 +91,12 @@ pub trait Ledger {
     fn list_keys(&mut self, query: &KeyQuery) -> StoreResult<Vec<KeyRecord>>;
     /// Revokes the selected active keys; returns the (id, key hash) of each revoked now.
     fn revoke_keys(&mut self, selector: &RevokeSelector, at: i64) -> StoreResult<Vec<(String, [u8; 32])>>;
+    /// Suspends an active key that is not suspended; returns its hash if it was suspended now.
+    fn suspend_key(&mut self, key_id: &str, at: i64, reason: &str) -> StoreResult<Option<[u8; 32]>>;
+    /// Lifts a key's suspension; returns its hash if it was suspended.
+    fn reinstate_key(&mut self, key_id: &str) -> StoreResult<Option<[u8; 32]>>;
     /// Appends a revocation for the workers' key caches; returns its generation.
+    /// (Any change to what a key may do is one: the caches drop the key.)
     fn record_revocation(&mut self, hashes: &[[u8; 32]], at: i64) -> StoreResult<i64>;
     /// The newest revocation's generation (0 when none).
     fn latest_revocation(&mut self) -> StoreResult<i64>;

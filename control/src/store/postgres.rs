@@ -14,7 +14,7 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
     hashes_from_text, hashes_to_text, AuditQuery, Dialect, KeyQuery, Ledger, RevokeSelector, SqlValue, StoreError,
-    StoreResult, CALL_COLUMNS, IDEM_COLUMNS, KEY_COLUMNS,
+    StoreResult, CALL_COLUMNS, IDEM_COLUMNS, KEY_COLUMNS, KEY_INSERT_COLUMNS,
 };
 use crate::audit::chain;
 use crate::model::{
@@ -182,6 +182,8 @@ fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
         created_at: row.try_get(11).map_err(pg)?,
         expires_at: row.try_get(12).map_err(pg)?,
         revoked_at: row.try_get(13).map_err(pg)?,
+        suspended_at: row.try_get(14).map_err(pg)?,
+        suspended_reason: row.try_get(15).map_err(pg)?,
     })
 }
 
@@ -287,7 +289,7 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
         self.c
             .execute(
                 &format!(
-                    "INSERT INTO vault_keys ({KEY_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+                    "INSERT INTO vault_keys ({KEY_INSERT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
                 ),
                 &[
                     &key.id,
@@ -356,6 +358,30 @@ impl<C: GenericClient> Ledger for PgLedger<'_, C> {
                 Ok((r.try_get(0).map_err(pg)?, hash.try_into().map_err(|_| corrupt("key_hash"))?))
             })
             .collect()
+    }
+
+    fn suspend_key(&mut self, key_id: &str, at: i64, reason: &str) -> StoreResult<Option<[u8; 32]>> {
+        let row = self
+            .c
+            .query_opt(
+                "UPDATE vault_keys SET suspended_at = $2, suspended_reason = $3 \
+                 WHERE id = $1 AND suspended_at IS NULL AND revoked_at IS NULL RETURNING key_hash",
+                &[&key_id, &at, &reason],
+            )
+            .map_err(pg)?;
+        row.map(|r| r.try_get::<_, Vec<u8>>(0).map_err(pg)?.try_into().map_err(|_| corrupt("key_hash"))).transpose()
+    }
+
+    fn reinstate_key(&mut self, key_id: &str) -> StoreResult<Option<[u8; 32]>> {
+        let row = self
+            .c
+            .query_opt(
+                "UPDATE vault_keys SET suspended_at = NULL, suspended_reason = '' \
+                 WHERE id = $1 AND suspended_at IS NOT NULL RETURNING key_hash",
+                &[&key_id],
+            )
+            .map_err(pg)?;
+        row.map(|r| r.try_get::<_, Vec<u8>>(0).map_err(pg)?.try_into().map_err(|_| corrupt("key_hash"))).transpose()
     }
 
     fn record_revocation(&mut self, hashes: &[[u8; 32]], at: i64) -> StoreResult<i64> {

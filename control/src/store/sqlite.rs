@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::{
     hashes_from_text, hashes_to_text, AuditQuery, Dialect, KeyQuery, Ledger, RevokeSelector, SqlValue, StoreError,
-    StoreResult, CALL_COLUMNS, IDEM_COLUMNS, KEY_COLUMNS,
+    StoreResult, CALL_COLUMNS, IDEM_COLUMNS, KEY_COLUMNS, KEY_INSERT_COLUMNS,
 };
 use crate::audit::chain::{self, GENESIS};
 use crate::model::{
@@ -341,6 +341,8 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         created_at: row.get(11)?,
         expires_at: row.get(12)?,
         revoked_at: row.get(13)?,
+        suspended_at: row.get(14)?,
+        suspended_reason: row.get(15)?,
     })
 }
 
@@ -456,7 +458,7 @@ impl Ledger for SqliteLedger<'_> {
         let scopes: Vec<String> = key.scopes.iter().map(ToString::to_string).collect();
         self.conn
             .prepare_cached(&format!(
-                "INSERT INTO vault_keys ({KEY_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
+                "INSERT INTO vault_keys ({KEY_INSERT_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
             ))
             .and_then(|mut s| {
                 s.execute(params![
@@ -531,6 +533,30 @@ impl Ledger for SqliteLedger<'_> {
         rows.into_iter()
             .map(|(id, h)| Ok((id, h.try_into().map_err(|_| StoreError::Corrupt("key_hash".into()))?)))
             .collect()
+    }
+
+    fn suspend_key(&mut self, key_id: &str, at: i64, reason: &str) -> StoreResult<Option<[u8; 32]>> {
+        let hash: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "UPDATE vault_keys SET suspended_at = ?2, suspended_reason = ?3 \
+                 WHERE id = ?1 AND suspended_at IS NULL AND revoked_at IS NULL RETURNING key_hash",
+            )
+            .and_then(|mut s| s.query_row(params![key_id, at, reason], |r| r.get(0)).optional())
+            .map_err(sql_error)?;
+        hash.map(|h| h.try_into().map_err(|_| StoreError::Corrupt("key_hash".into()))).transpose()
+    }
+
+    fn reinstate_key(&mut self, key_id: &str) -> StoreResult<Option<[u8; 32]>> {
+        let hash: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "UPDATE vault_keys SET suspended_at = NULL, suspended_reason = '' \
+                 WHERE id = ?1 AND suspended_at IS NOT NULL RETURNING key_hash",
+            )
+            .and_then(|mut s| s.query_row(params![key_id], |r| r.get(0)).optional())
+            .map_err(sql_error)?;
+        hash.map(|h| h.try_into().map_err(|_| StoreError::Corrupt("key_hash".into()))).transpose()
     }
 
     fn record_revocation(&mut self, hashes: &[[u8; 32]], at: i64) -> StoreResult<i64> {

@@ -114,7 +114,7 @@ fn amount_text(minor: i64, currency: &str) -> String {
 
 pub fn row_html(r: &Map<String, Value>) -> String {
     let decision = s(r, "decision");
-    let known = ["allowed", "denied", "replayed", "abandoned"].contains(&decision);
+    let known = crate::audit::DECISIONS.contains(&decision);
     let class = if known { format!("decision-{decision}") } else { "decision-other".to_owned() };
     let usd = match r.get("usd") {
         Some(Value::Number(n)) => html::usd(html::micros(Some(n))),
@@ -206,7 +206,7 @@ pub async fn table(State(c): Shared, auth: Authed, Query(f): Query<Filter>) -> R
         let sel = if f.decision == v { " selected" } else { "" };
         format!("<option value=\"{v}\"{sel}>{}</option>", if v.is_empty() { "any" } else { v })
     };
-    let decisions: String = ["", "allowed", "denied", "replayed", "abandoned"].iter().map(|v| option(v)).collect();
+    let decisions: String = [""].iter().chain(crate::audit::DECISIONS.iter()).map(|v| option(v)).collect();
     let now = c.app.clock.now_us() / 1_000_000;
     let recent = |secs: i64, text: &str| {
         let q =

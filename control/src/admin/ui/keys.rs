@@ -32,12 +32,15 @@ pub struct KeysQuery {
     pub label_prefix: String,
     #[serde(default)]
     starting_after: String,
-    /// `active` hides expired and revoked keys.
+    /// `active` hides expired, revoked and suspended keys.
     #[serde(default)]
     show: String,
     /// The id of a key just revoked, for the notice.
     #[serde(default)]
     revoked: String,
+    /// The id of a key just reinstated, for the notice.
+    #[serde(default)]
+    reinstated: String,
 }
 
 /// One page of keys through `GET /admin/vault_keys`.
@@ -53,6 +56,7 @@ pub fn state_text(s: KeyState) -> &'static str {
         KeyState::Active => "active",
         KeyState::Expired => "expired",
         KeyState::Revoked => "revoked",
+        KeyState::Suspended => "suspended",
     }
 }
 
@@ -105,6 +109,11 @@ pub async fn render(
             "<p class=\"notice\" id=\"notice\">Revoked {}. Calls with it are refused from now on.</p>",
             esc(&q.revoked)
         )
+    } else if is_key_id(&q.reinstated) {
+        format!(
+            "<p class=\"notice\" id=\"notice\">Reinstated {}. Calls with it are decided as before the suspension.</p>",
+            esc(&q.reinstated)
+        )
     } else {
         String::new()
     };
@@ -141,6 +150,25 @@ fn row(k: &KeyView, now: i64, csrf: &str, prefix: &str) -> String {
         .as_ref()
         .map(|m| format!("<div class=\"sub\">max {} per call</div>", usd(micros(Some(m)))))
         .unwrap_or_default();
+    let reinstate = if k.state == KeyState::Suspended {
+        format!(
+            "<form method=\"post\" action=\"/admin/ui/keys/{id}/reinstate\" class=\"inline\" \
+             data-confirm=\"Reinstate {label}? Read the audit row that suspended it first.\">{}\
+             <input type=\"hidden\" name=\"label_prefix\" value=\"{}\">\
+             <button type=\"submit\" class=\"small\">Reinstate</button></form>",
+            csrf_field(csrf),
+            esc(prefix),
+            id = esc(&k.id),
+            label = esc(&k.label),
+        )
+    } else {
+        String::new()
+    };
+    let suspension = if k.state == KeyState::Suspended {
+        format!("<div class=\"sub suspension\">{}</div>", esc(&k.suspended_reason))
+    } else {
+        String::new()
+    };
     let revoke = if k.state == KeyState::Revoked {
         String::new()
     } else {
@@ -161,7 +189,7 @@ fn row(k: &KeyView, now: i64, csrf: &str, prefix: &str) -> String {
          <td>{vendor}</td><td class=\"mono\">{scope}</td><td>{cap}{per_call}</td>\
          <td>{bar}<div class=\"sub\">{spend}</div></td>\
          <td class=\"nowrap\"><span data-expires=\"{expires}\" title=\"{expires_at}\">{countdown}</span></td>\
-         <td><span class=\"badge state-{state}\">{state}</span></td><td>{revoke}</td></tr>",
+         <td><span class=\"badge state-{state}\">{state}</span>{suspension}</td><td>{reinstate}{revoke}</td></tr>",
         id = esc(&k.id),
         label = esc(&k.label),
         audit = esc(&query(&[("key_id", &k.id)])),
@@ -196,6 +224,25 @@ pub struct RevokeForm {
     csrf: String,
     #[serde(default)]
     label_prefix: String,
+}
+
+/// `POST /admin/ui/keys/{id}/reinstate`: `POST /admin/vault_keys/{id}/reinstate`, then back to the list.
+pub async fn reinstate_one(
+    State(c): Shared,
+    auth: Authed,
+    Path(id): Path<String>,
+    AnyForm(f): AnyForm<RevokeForm>,
+) -> Response {
+    if let Some(refused) = auth.csrf_refusal(&f.csrf) {
+        return refused;
+    }
+    match api::reinstate(State(c.app.clone()), Extension(Principal::Admin), Path(id.clone())).await {
+        Ok(_) => {
+            let to = format!("/admin/ui/keys{}", query(&[("label_prefix", &f.label_prefix), ("reinstated", &id)]));
+            (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+        }
+        Err(e) => html::error_page(html::status_of(&e), &auth.csrf, Nav::Keys, &e.to_string()),
+    }
 }
 
 /// `POST /admin/ui/keys/{id}/revoke`: `DELETE /admin/vault_keys/{id}`, then back to the list.

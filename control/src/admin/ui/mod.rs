@@ -68,6 +68,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(app: Arc<App>) -> Router<S> {
         .route("/admin/ui/keys", get(keys::list).post(create::create))
         .route("/admin/ui/keys/revoke", get(keys::confirm_revoke_prefix).post(keys::revoke_prefix))
         .route("/admin/ui/keys/{id}/revoke", post(keys::revoke_one))
+        .route("/admin/ui/keys/{id}/reinstate", post(keys::reinstate_one))
         .route("/admin/ui/audit", get(audit::table))
         .route("/admin/ui/audit/{seq}", get(record::record))
         .route("/admin/ui/api/activity", get(activity::activity))
