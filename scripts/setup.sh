@@ -9,6 +9,8 @@
 #   browser  Debian's Chromium and npm's playwright-core (pinned in
 #            tests/console/package-lock.json) for the console's browser test;
 #            playwright-core never downloads a browser, the test uses /usr/bin/chromium
+#   node     the official Stripe SDK for Node (npm `stripe`, pinned in tests/node and
+#            examples/node package-lock.json files) for the stripe-node tests and example
 #   load     stress-ng, for scripts/test-under-load.sh (not part of the default set)
 # Usage: scripts/setup.sh [base] [wasm] [python] ...   (no argument: all of them)
 set -euo pipefail
@@ -73,22 +75,33 @@ setup_postgres() {
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || apt_install postgresql
 }
 
+# npm ci into a folder when its lock file changed (a stamp remembers the last install).
+npm_install() {
+  local dir=$1 stamp want
+  stamp=$dir/node_modules/.package-lock.sha256
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ -d "$dir/node_modules" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  log "installing npm packages into $dir/node_modules"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$want" > "$stamp"
+}
+
+setup_node() {
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  npm_install tests/node
+  npm_install examples/node
+}
+
 setup_browser() {
   # fonts-dejavu-core: the console's system font stack falls back to DejaVu, so
   # screenshots render text the same everywhere.
   apt_install chromium fonts-dejavu-core
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
-  local dir=tests/console stamp want
-  stamp=$dir/node_modules/.package-lock.sha256
-  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
-  if [ -d "$dir/node_modules/playwright-core" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
-  log "installing playwright-core into $dir/node_modules"
-  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
-  echo "$want" > "$stamp"
+  npm_install tests/console
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(base wasm python postgres browser)
+[ ${#steps[@]} -eq 0 ] && steps=(base wasm python postgres browser node)
 for s in "${steps[@]}"; do
   case "$s" in
     base) setup_base ;;
@@ -96,6 +109,7 @@ for s in "${steps[@]}"; do
     python) setup_python ;;
     postgres) setup_postgres ;;
     browser) setup_browser ;;
+    node) setup_node ;;
     load) apt_install stress-ng ;;
     *) log "unknown step: $s"; exit 2 ;;
   esac

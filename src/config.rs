@@ -5,12 +5,16 @@
 use serde::Deserialize;
 
 /// A vendor route: requests whose path starts with `prefix` + `/` are the
-/// vendor's API calls and need a vault key.
+/// vendor's API calls and need a vault key. A route at the root of the
+/// listener has an empty prefix and names the vendor's API `roots` instead
+/// (`/v1/...`, `/v2/...`): SDKs that take only a host and a port call those.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub prefix: String,
     pub vendor: String,
+    #[serde(default)]
+    pub roots: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -38,7 +42,14 @@ impl Default for FilterConfig {
     fn default() -> FilterConfig {
         FilterConfig {
             control_cluster: "keybrake_control".to_owned(),
-            routes: vec![Route { prefix: "/stripe".to_owned(), vendor: "stripe".to_owned() }],
+            routes: vec![
+                Route { prefix: "/stripe".to_owned(), vendor: "stripe".to_owned(), roots: Vec::new() },
+                Route {
+                    prefix: String::new(),
+                    vendor: "stripe".to_owned(),
+                    roots: vec!["/v1".to_owned(), "/v2".to_owned()],
+                },
+            ],
             authorize_timeout_ms: 10_000,
             settle_timeout_ms: 5_000,
             max_request_body_bytes: 64 * 1024,
@@ -78,9 +89,14 @@ impl FilterConfig {
         if self.routes.is_empty() {
             return bad("routes must list at least one vendor route");
         }
+        let well_formed = |p: &str| p.starts_with('/') && !p.ends_with('/') && p.len() >= 2;
         for r in &self.routes {
-            if !r.prefix.starts_with('/') || r.prefix.ends_with('/') || r.prefix.len() < 2 {
-                return bad("a route prefix looks like \"/stripe\": a leading '/', no trailing '/'");
+            if r.prefix.is_empty() {
+                if r.roots.is_empty() || !r.roots.iter().all(|root| well_formed(root)) {
+                    return bad("a route at the root names its API roots, like [\"/v1\", \"/v2\"]");
+                }
+            } else if !well_formed(&r.prefix) || !r.roots.is_empty() {
+                return bad("a route prefix looks like \"/stripe\": a leading '/', no trailing '/' (and no roots)");
             }
             if keybrake_core::vendor::Vendor::parse(&r.vendor) != Some(keybrake_core::vendor::Vendor::Stripe) {
                 return bad("route vendor must be \"stripe\"");
@@ -107,7 +123,9 @@ impl FilterConfig {
     pub fn route_for<'a>(&self, path: &'a str) -> Option<(&Route, &'a str)> {
         self.routes.iter().find_map(|r| {
             let rest = path.strip_prefix(r.prefix.as_str())?;
-            rest.starts_with('/').then_some((r, rest))
+            let at_root =
+                r.roots.iter().any(|root| rest.strip_prefix(root.as_str()).is_some_and(|t| t.starts_with('/')));
+            (rest.starts_with('/') && (r.prefix.is_empty() == at_root)).then_some((r, rest))
         })
     }
 }
@@ -146,5 +164,17 @@ mod tests {
         assert!(c.route_for("/stripex/v1").is_none());
         assert!(c.route_for("/stripe").is_none());
         assert!(c.route_for("/admin/vault_keys").is_none());
+        assert!(c.route_for("/mcp").is_none());
+        // Stripe's own paths at the root, for SDKs that take only a host and a port.
+        let (route, rest) = c.route_for("/v1/charges").unwrap();
+        assert_eq!((route.prefix.as_str(), rest), ("", "/v1/charges"));
+        assert_eq!(c.route_for("/v2/core/events").map(|(_, p)| p), Some("/v2/core/events"));
+        assert!(c.route_for("/v1").is_none());
+        assert!(c.route_for("/v12/charges").is_none());
+        assert!(c.route_for("/%76%31/charges").is_none(), "Envoy's route matches the raw path: so does the filter");
+        assert!(matches!(
+            FilterConfig::parse(br#"{"routes":[{"prefix":"","vendor":"stripe"}]}"#),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 }

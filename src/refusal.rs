@@ -18,6 +18,7 @@ pub enum Refusal {
     KeyInQuery,
     RepeatedHeader(&'static str),
     HeaderTooLong(&'static str),
+    HeaderInvalid(&'static str),
     Path(PathError),
     MethodNotAllowed(String),
     MethodOverride,
@@ -49,6 +50,7 @@ impl Refusal {
             Refusal::KeyInQuery => "vault_key_in_query",
             Refusal::RepeatedHeader(_) => "header_repeated",
             Refusal::HeaderTooLong(_) => "header_too_long",
+            Refusal::HeaderInvalid(_) => "header_invalid",
             Refusal::Path(_) => "path_invalid",
             Refusal::MethodNotAllowed(_) => "method_not_allowed",
             Refusal::MethodOverride => "method_override_refused",
@@ -86,6 +88,9 @@ impl Refusal {
             Refusal::KeyInQuery => e(400, "Vault keys are not accepted in the URL; send them in the Authorization header.".into()),
             Refusal::RepeatedHeader(h) => e(400, format!("The {h} header may be sent only once.")),
             Refusal::HeaderTooLong(h) => e(400, format!("The {h} header is too long.")),
+            Refusal::HeaderInvalid(h) => {
+                e(400, format!("The {h} header has an invalid value.")).with_param(Some((*h).to_owned()))
+            }
             Refusal::Path(why) => e(400, format!("Invalid request path: {why}.")),
             Refusal::MethodNotAllowed(m) => e(403, format!("Method {m} is not allowed through Keybrake (only GET, POST and DELETE).")),
             Refusal::MethodOverride => e(400, "Method overrides (X-HTTP-Method-Override, _method) are not accepted.".into()),

@@ -22,6 +22,8 @@ use crate::refusal::Refusal;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// The only body Stripe's API reads (v1): form parameters, in UTF-8.
 pub const FORM_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+/// Names the MCP tool behind a call, for the audit trail (never forwarded upstream).
+pub const MCP_TOOL_HEADER: &str = "keybrake-mcp-tool";
 
 /// A request on a vendor route, read from its headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct Incoming {
     pub account: String,
     pub idempotency_key: String,
     pub content_type: Option<String>,
+    /// The MCP tool that made the call (`Keybrake-Mcp-Tool`, set by Keybrake's MCP endpoint).
+    pub mcp_tool: String,
 }
 
 /// What the body adds: the price, the fingerprint, and the body to forward.
@@ -114,6 +118,7 @@ impl Incoming {
             account,
             idempotency_key: single(headers, "idempotency-key", MAX_IDEMPOTENCY_KEY_LEN)?,
             content_type: header(headers, "content-type").map(str::to_owned),
+            mcp_tool: mcp_tool(headers)?,
         })
     }
 
@@ -182,6 +187,15 @@ fn single(headers: &[(String, String)], name: &'static str, max_len: usize) -> R
         return Err(Refusal::HeaderTooLong(name));
     }
     Ok(value.to_owned())
+}
+
+/// `Keybrake-Mcp-Tool`: a tool name (lower-case letters, digits, `_`), or empty.
+fn mcp_tool(headers: &[(String, String)]) -> Result<String, Refusal> {
+    let name = single(headers, MCP_TOOL_HEADER, 64)?;
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(Refusal::HeaderInvalid(MCP_TOOL_HEADER));
+    }
+    Ok(name)
 }
 
 /// A method name safe to echo in an error message.

@@ -112,6 +112,7 @@ impl App {
             path: req.path.clone(),
             idempotency_key: req.idempotency_key.clone(),
             fingerprint: req.fingerprint.clone(),
+            mcp_tool: req.mcp_tool.clone(),
             // The account the call acts on (Stripe-Account or Stripe-Context; checked below).
             stripe_account: if req.stripe_account.is_empty() {
                 req.stripe_context.clone()
@@ -475,5 +476,6 @@ fn entry_from_record(
         object_id: r.object_id,
         latency_us: Some(r.latency_us),
         detail: r.detail,
+        mcp_tool: r.mcp_tool,
     })
 }

@@ -277,6 +277,11 @@ pub struct AuditEntry {
     pub object_id: String,
     pub latency_us: Option<u64>,
     pub detail: String,
+    /// The MCP tool that made the call, when Keybrake's MCP endpoint did. Added
+    /// after the chain began: left out of the JSON (and so of the hash) when
+    /// empty, so rows written before it still verify.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mcp_tool: String,
 }
 
 /// An audit entry as stored, with its place in the chain.

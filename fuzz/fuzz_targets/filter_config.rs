@@ -5,10 +5,10 @@
 //! Properties:
 //! - `parse` never panics.
 //! - An accepted configuration is valid: a control cluster, at least one
-//!   route, each prefix `/name` (no trailing `/`) for vendor `stripe`, every
-//!   limit inside its documented range.
-//! - `route_for` never panics; a path under a configured prefix finds a
-//!   route, and the rest it returns is the path after that route's prefix.
+//!   route, each prefix `/name` (no trailing `/`), or empty with API roots
+//!   `/name`, for vendor `stripe`, every limit inside its documented range.
+//! - `route_for` never panics; a path under a configured prefix (or root)
+//!   finds a route, and the rest it returns is the path after that route's prefix.
 #![no_main]
 
 use keybrake_filter::config::FilterConfig;
@@ -20,8 +20,13 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(!c.control_cluster.is_empty());
     assert!(!c.routes.is_empty());
+    let well_formed = |p: &str| p.starts_with('/') && !p.ends_with('/') && p.len() >= 2;
     for r in &c.routes {
-        assert!(r.prefix.starts_with('/') && !r.prefix.ends_with('/') && r.prefix.len() >= 2);
+        if r.prefix.is_empty() {
+            assert!(!r.roots.is_empty() && r.roots.iter().all(|root| well_formed(root)));
+        } else {
+            assert!(well_formed(&r.prefix) && r.roots.is_empty());
+        }
         assert_eq!(r.vendor, "stripe");
     }
     assert!((1..=60_000).contains(&c.authorize_timeout_ms));
@@ -33,15 +38,15 @@ fuzz_target!(|data: &[u8]| {
     assert!((1..=10_000_000).contains(&c.audit_queue_limit));
 
     for r in &c.routes {
-        for suffix in ["/v1/charges", "/", "//x"] {
-            let path = format!("{}{suffix}", r.prefix);
+        let bases: Vec<String> = if r.prefix.is_empty() { r.roots.clone() } else { vec![r.prefix.clone()] };
+        for path in bases.iter().flat_map(|b| ["/v1/charges", "/", "//x"].map(|s| format!("{b}{s}"))) {
             let Some((found, rest)) = c.route_for(&path) else {
                 panic!("{path:?} finds no route");
             };
             assert!(rest.starts_with('/'));
             assert_eq!(format!("{}{rest}", found.prefix), path);
         }
-        // The bare prefix, and a longer name sharing it, are not under it.
+        // The bare prefix is not under it.
         let bare = r.prefix.as_str();
         if let Some((found, _)) = c.route_for(bare) {
             assert_ne!(found.prefix, bare);

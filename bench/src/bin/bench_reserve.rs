@@ -180,6 +180,7 @@ impl Run {
             metadata_only: false,
             call_id: format!("call_bench{}x{n}", self.nonce),
             stripe_context: String::new(),
+            mcp_tool: String::new(),
         }
     }
 

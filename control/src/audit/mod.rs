@@ -47,6 +47,8 @@ pub struct AuditView {
     pub object_id: String,
     pub latency_us: Option<u64>,
     pub detail: String,
+    /// The MCP tool that made the call through Keybrake's MCP endpoint (empty otherwise).
+    pub mcp_tool: String,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -78,6 +80,7 @@ impl From<&AuditRow> for AuditView {
             forwarded_idempotency_key: e.forwarded_idempotency_key.clone(),
             fingerprint: e.fingerprint.clone(),
             stripe_account: e.stripe_account.clone(),
+            mcp_tool: e.mcp_tool.clone(),
             request_id: e.request_id.clone(),
             object_id: e.object_id.clone(),
             latency_us: e.latency_us,
