@@ -97,6 +97,10 @@ impl Incoming {
             // The query is read like a body, and forwarded as re-encoded.
             let params = FormParams::parse(q.as_bytes()).map_err(Refusal::Query)?;
             target.query = (!params.is_empty()).then(|| params.encode());
+            // Re-encoding can lengthen it (a `+` becomes `%20`): what is forwarded obeys the same bound.
+            if target.to_request_target().len() > path::MAX_TARGET_LEN {
+                return Err(Refusal::Path(path::PathError::TooLong));
+            }
         }
         let encoding = single(headers, "content-encoding", 64)?;
         if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
@@ -258,6 +262,14 @@ mod tests {
             incoming("POST", "/stripe/v1/charges", &[("idempotency-key", &long)]).err(),
             Some(Refusal::HeaderTooLong("idempotency-key"))
         );
+    }
+
+    #[test]
+    fn a_query_is_forwarded_re_encoded_within_the_target_bound() {
+        let i = incoming("GET", "/stripe/v1/charges?limit=3&expand[]=data.customer&q=a+b", &[]).unwrap();
+        assert_eq!(i.forwarded_path(), "/stripe/v1/charges?limit=3&expand[]=data.customer&q=a%20b");
+        let spaces = format!("/stripe/v1/charges?q={}", "+".repeat(1500));
+        assert_eq!(incoming("GET", &spaces, &[]).err(), Some(Refusal::Path(path::PathError::TooLong)));
     }
 
     #[test]
