@@ -91,15 +91,11 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-/// Where a request came from: the client address Envoy put in
-/// `X-Forwarded-For` (it sets it, `use_remote_address`), else the direct peer.
+/// Where a request came from, for the failure limiter and the logs: the
+/// client address a trusted proxy reported, else the connection's peer
+/// (`crate::peer::client_address`, the one place this is decided).
 fn source(req: &Request) -> String {
-    req.headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_else(|| "direct".to_owned())
+    crate::peer::client_address(req.extensions(), req.headers())
 }
 
 /// A refusal sent before the request body was read: the connection carries
