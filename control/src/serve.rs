@@ -113,10 +113,11 @@ impl ServeArgs {
     }
 }
 
-/// The gRPC server, bound: ready to serve once the rest is up.
+/// The gRPC server, bound and configured: ready to serve once the rest is up.
 enum GrpcListener {
     Unix(channel::OwnSocket),
-    Tcp(TcpListener, Option<tonic::transport::ServerTlsConfig>),
+    /// With the server's TLS configured (client certificates required), or without (the insecure flag).
+    Tcp(TcpListener, Box<tonic::transport::Server>, bool),
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -151,15 +152,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (GrpcListener::Unix(socket), format!("unix:{}", path.display()))
         }
         GrpcChannel::MutualTls(addr, files) => {
-            let tls = channel::server_tls(files)?;
+            // Configured before anything listens: a certificate, key or CA that
+            // does not load stops the start, never a server that cannot authenticate.
+            let server = tonic::transport::Server::builder()
+                .tls_config(channel::server_tls(files)?)
+                .context("the gRPC TLS certificate, key or client CA")?;
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             let shown = listener.local_addr()?.to_string();
-            (GrpcListener::Tcp(listener, Some(tls)), shown)
+            (GrpcListener::Tcp(listener, Box::new(server), true), shown)
         }
         GrpcChannel::InsecureTcp(addr) => {
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             let shown = listener.local_addr()?.to_string();
-            (GrpcListener::Tcp(listener, None), shown)
+            (GrpcListener::Tcp(listener, Box::new(tonic::transport::Server::builder()), false), shown)
         }
     };
     let http = TcpListener::bind(args.http_listen).await.with_context(|| format!("binding {}", args.http_listen))?;
@@ -171,9 +176,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         GrpcChannel::MutualTls(..) => "TCP, mutual TLS",
         GrpcChannel::InsecureTcp(_) => "TCP WITHOUT CLIENT AUTHENTICATION",
     };
-    if let GrpcChannel::InsecureTcp(addr) = &grpc_channel {
+    if let GrpcChannel::InsecureTcp(_) = &grpc_channel {
         tracing::warn!(
-            grpc_addr = %addr,
+            grpc_addr = %grpc_shown,
             "INSECURE: gRPC on TCP without client authentication ({}): anyone who can reach this port \
              can trade a vault key for the real Stripe key. Only for a network sealed by other means.",
             channel::INSECURE_FLAG
@@ -207,18 +212,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .serve_with_incoming_shutdown(incoming, shutdown_signal());
             (futures_util::future::Either::Left(server), Some((socket.path, socket.inode)))
         }
-        GrpcListener::Tcp(listener, tls) => {
+        GrpcListener::Tcp(listener, mut builder, mutual_tls) => {
             // TCP_NODELAY on every accepted connection: small answers must not wait
             // for delayed ACKs (Nagle's algorithm held ~1% of charges for 40 ms).
             // `Server::tcp_nodelay` does not apply to a listener passed in.
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let mut builder = tonic::transport::Server::builder();
-            let guard = match tls {
-                Some(tls) => {
-                    builder = builder.tls_config(tls).context("the gRPC TLS certificate, key or client CA")?;
-                    ChannelGuard::client_certificate(app.clone())
-                }
-                None => ChannelGuard::open(app.clone()),
+            let guard = if mutual_tls {
+                ChannelGuard::client_certificate(app.clone())
+            } else {
+                ChannelGuard::open(app.clone())
             };
             let server = builder
                 .add_service(GatewayServer::with_interceptor(gateway, guard))

@@ -265,9 +265,15 @@ def test_tcp_without_client_authentication_is_refused_at_start(tmp_path):
     junk = start(tmp_path, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0", KEYBRAKE_GRPC_TLS_CERT=str(tls / "tls.crt"),
                  KEYBRAKE_GRPC_TLS_KEY=str(tls / "tls.key"), KEYBRAKE_GRPC_CLIENT_CA=str(tmp_path / "junk.pem"))
     assert junk.returncode != 0 and "READY" not in junk.stdout and "junk.pem" in junk.stderr
-    # The key never appears in what the service says about it.
-    key_text = (tls / "tls.key").read_text()
-    assert key_text.splitlines()[1] not in half.stderr + junk.stderr
+    # A key that is not the certificate's: refused before anything listens.
+    wrong_key = start(tmp_path, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0", KEYBRAKE_GRPC_TLS_CERT=str(tls / "tls.crt"),
+                      KEYBRAKE_GRPC_TLS_KEY=str(tls.parent / "gateway" / "tls.key"),
+                      KEYBRAKE_GRPC_CLIENT_CA=str(tls / "ca.crt"))
+    assert wrong_key.returncode != 0 and "READY" not in wrong_key.stdout, wrong_key.stderr
+    assert "TLS" in wrong_key.stderr
+    # The keys never appear in what the service says about them.
+    for key in (tls / "tls.key", tls.parent / "gateway" / "tls.key"):
+        assert key.read_text().splitlines()[1] not in half.stderr + junk.stderr + wrong_key.stderr
 
 
 def test_the_insecure_flag_starts_plain_tcp_loudly(tmp_path):
