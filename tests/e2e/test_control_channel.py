@@ -171,6 +171,24 @@ def test_a_stack_on_mutual_tls_serves_a_charge(mtls_stack):
     # The stand-in accepts only the real key (--expect-key): one charge there is the real key forwarded.
     seen = [r for r in s.upstream_requests(method="POST", path="/v1/charges") if r["params"].get("customer") == "cus_mtls"]
     assert len(seen) == 1 and seen[0]["status"] == 200 and charge.amount == 500
+    # Neither side's private key shows in a log or in Envoy's config dump.
+    dump = httpx.get(f"http://127.0.0.1:{s.envoy_admin_port}/config_dump?include_eds", timeout=10).text
+    keys = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            keys.extend(v for k, v in node.items() if k == "private_key")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(dump))
+    assert keys and all(k == {"filename": "[redacted]"} for k in keys), keys
+    for key in (s.tls_dir / "control" / "tls.key", s.tls_dir / "gateway" / "tls.key"):
+        body = key.read_text().splitlines()[1]
+        assert body not in s.logs() and body not in dump
 
 
 def tls_args(directory, with_client_cert: bool = True) -> list[str]:
