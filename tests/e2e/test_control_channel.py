@@ -25,7 +25,7 @@ import pytest
 import stripe
 
 from support import processes
-from support.stack import ADMIN_KEY, CONTROL_SERVER_NAME, REAL_KEY, ROOT, Stack, control_binary, make_tls, \
+from support.stack import ADMIN_KEY, CONTROL_SERVER_NAME, REAL_KEY, ROOT, Stack, client_from, control_binary, make_tls, \
     read_ready_line, socket_dir
 
 PROBE = ROOT / "tests" / "e2e" / "scripts" / "control_probe.py"
@@ -262,29 +262,36 @@ def test_an_envoy_with_a_certificate_from_another_ca_forwards_nothing(mtls_stack
 # ---------------------------------------------------------------- start-up refusals
 
 
-def start(tmp_path, **env: str) -> subprocess.CompletedProcess:
+@pytest.fixture
+def sockets():
+    d = socket_dir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start(tmp_path, sockets, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(control_binary()), "serve"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY, "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
                                "KEYBRAKE_DATA_DIR": str(tmp_path / "data"), "KEYBRAKE_HTTP_LISTEN": "127.0.0.1:0",
-                               "KEYBRAKE_HTTP_SOCKET": str(socket_dir() / "http.sock"), **env})
+                               "KEYBRAKE_HTTP_SOCKET": str(sockets / "http.sock"), **env})
 
 
-def test_tcp_without_client_authentication_is_refused_at_start(tmp_path):
-    plain = start(tmp_path, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0")
+def test_tcp_without_client_authentication_is_refused_at_start(tmp_path, sockets):
+    plain = start(tmp_path, sockets, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0")
     assert plain.returncode != 0 and "READY" not in plain.stdout
     assert "without client authentication" in plain.stderr and "--insecure-grpc-tcp-without-client-auth" in plain.stderr
     tls = make_tls(tmp_path / "tls") / "control"
     # A server certificate without a client CA would be TLS that lets anyone in.
-    half = start(tmp_path, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0", KEYBRAKE_GRPC_TLS_CERT=str(tls / "tls.crt"),
+    half = start(tmp_path, sockets, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0", KEYBRAKE_GRPC_TLS_CERT=str(tls / "tls.crt"),
                  KEYBRAKE_GRPC_TLS_KEY=str(tls / "tls.key"))
     assert half.returncode != 0 and "READY" not in half.stdout and "go together" in half.stderr
     # A client CA that is not a certificate.
     (tmp_path / "junk.pem").write_text("not a certificate\n")
-    junk = start(tmp_path, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0", KEYBRAKE_GRPC_TLS_CERT=str(tls / "tls.crt"),
+    junk = start(tmp_path, sockets, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0", KEYBRAKE_GRPC_TLS_CERT=str(tls / "tls.crt"),
                  KEYBRAKE_GRPC_TLS_KEY=str(tls / "tls.key"), KEYBRAKE_GRPC_CLIENT_CA=str(tmp_path / "junk.pem"))
     assert junk.returncode != 0 and "READY" not in junk.stdout and "junk.pem" in junk.stderr
     # A key that is not the certificate's: refused before anything listens.
-    wrong_key = start(tmp_path, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0", KEYBRAKE_GRPC_TLS_CERT=str(tls / "tls.crt"),
+    wrong_key = start(tmp_path, sockets, KEYBRAKE_GRPC_LISTEN="127.0.0.1:0", KEYBRAKE_GRPC_TLS_CERT=str(tls / "tls.crt"),
                       KEYBRAKE_GRPC_TLS_KEY=str(tls.parent / "gateway" / "tls.key"),
                       KEYBRAKE_GRPC_CLIENT_CA=str(tls / "ca.crt"))
     assert wrong_key.returncode != 0 and "READY" not in wrong_key.stdout, wrong_key.stderr
@@ -294,12 +301,12 @@ def test_tcp_without_client_authentication_is_refused_at_start(tmp_path):
         assert key.read_text().splitlines()[1] not in half.stderr + junk.stderr + wrong_key.stderr
 
 
-def test_the_insecure_flag_starts_plain_tcp_loudly(tmp_path):
+def test_the_insecure_flag_starts_plain_tcp_loudly(tmp_path, sockets):
     """For a network sealed by other means (a mesh sidecar): it starts, and
     says so at warning level, naming the flag."""
     env = {**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY, "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
            "KEYBRAKE_DATA_DIR": str(tmp_path / "data"), "KEYBRAKE_HTTP_LISTEN": "127.0.0.1:0",
-           "KEYBRAKE_HTTP_SOCKET": str(socket_dir() / "http.sock"), "KEYBRAKE_GRPC_LISTEN": "127.0.0.1:0",
+           "KEYBRAKE_HTTP_SOCKET": str(sockets / "http.sock"), "KEYBRAKE_GRPC_LISTEN": "127.0.0.1:0",
            "KEYBRAKE_INSECURE_GRPC_TCP_WITHOUT_CLIENT_AUTH": "true"}
     proc = processes.launch("control-insecure", [control_binary(), "serve"], tmp_path / "control.log", env=env,
                             stdout_pipe=True)
@@ -310,3 +317,22 @@ def test_the_insecure_flag_starts_plain_tcp_loudly(tmp_path):
         processes.stop(proc)
     log = (tmp_path / "control.log").read_text()
     assert "WARN" in log and "INSECURE" in log and "--insecure-grpc-tcp-without-client-auth" in log
+
+
+# ---------------------------------------------------------------- the admin socket
+
+
+def test_admin_refusals_through_the_socket_reach_the_client(socket_stack):
+    """A refusal (no key, a wrong key, then too many failures) comes before the
+    request body is read. Over the admin socket Envoy may still be writing that
+    body when the service answers: the service reads a small body first, so
+    the client gets the refusal, never Envoy's 503 for a connection closed under it."""
+    s = socket_stack
+    body = {"label": "x" * 20000, "vendor": "stripe", "allowed_endpoints": ["POST /v1/charges"], "expires_in_seconds": 60}
+    seen = []
+    with client_from("127.0.0.71") as c:
+        for i in range(300):
+            headers = {} if i % 2 else {"Authorization": "Bearer kb_admin_wrong_000000000000"}
+            r = c.post(f"{s.url}/admin/vault_keys", json=body, headers=headers)
+            seen.append(r.status_code)
+    assert seen[:10] == [401] * 10 and set(seen[10:]) == {429}, seen
