@@ -166,15 +166,22 @@ pub struct OwnSocket {
     pub path: PathBuf,
     /// The socket file's owner: the service's own user.
     pub owner_uid: u32,
-    /// The socket file's inode, so that only this socket is removed at the end.
-    pub inode: u64,
+    /// Removes the socket file when dropped (the service stopped, or failed to start).
+    pub file: SocketFile,
 }
 
-impl OwnSocket {
-    /// Removes the socket file if it is still the one bound here.
-    pub fn remove(path: &Path, inode: u64) {
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket() && m.ino() == inode) {
-            let _ = std::fs::remove_file(path);
+/// The file of a socket bound here: removed on drop if it is still that
+/// socket (same inode), never a file another process put in its place.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_socket() && m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -250,7 +257,8 @@ pub fn bind_own_socket(path: &Path) -> anyhow::Result<OwnSocket> {
         std::fs::rename(&staged, path).with_context(|| format!("moving the socket to {}", path.display()))?;
         let meta = std::fs::symlink_metadata(path)?;
         listener.set_nonblocking(true)?;
-        Ok(OwnSocket { listener, path: path.to_path_buf(), owner_uid: meta.uid(), inode: meta.ino() })
+        let file = SocketFile { path: path.to_path_buf(), inode: meta.ino() };
+        Ok(OwnSocket { listener, path: path.to_path_buf(), owner_uid: meta.uid(), file })
     })();
     let _ = std::fs::remove_dir_all(&private);
     bound
@@ -371,10 +379,14 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("grpc.sock")]);
         // A live socket is not taken over; a stale one is replaced.
         assert!(bind_own_socket(&path).unwrap_err().to_string().contains("another process"));
-        drop(s);
+        // Stale: the listener closed, the file left behind (a crash).
+        let OwnSocket { listener, file, .. } = s;
+        drop(listener);
+        std::mem::forget(file);
         let again = bind_own_socket(&path).unwrap();
-        OwnSocket::remove(&path, again.inode);
-        assert!(!path.exists());
+        assert!(path.exists());
+        drop(again);
+        assert!(!path.exists(), "removed when dropped");
     }
 
     #[test]

@@ -210,7 +210,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let server = tonic::transport::Server::builder()
                 .add_service(GatewayServer::with_interceptor(gateway, guard))
                 .serve_with_incoming_shutdown(incoming, shutdown_signal());
-            (futures_util::future::Either::Left(server), Some((socket.path, socket.inode)))
+            (futures_util::future::Either::Left(server), Some(socket.file))
         }
         GrpcListener::Tcp(listener, mut builder, mutual_tls) => {
             // TCP_NODELAY on every accepted connection: small answers must not wait
@@ -233,15 +233,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http_tcp = axum::serve(http_tcp, router.clone().into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown_signal());
     let owner_uid = http_socket.owner_uid;
-    let http_inode = http_socket.inode;
+    let http_socket_file = http_socket.file;
     let http_unix = AdminSocket { listener: tokio::net::UnixListener::from_std(http_socket.listener)?, owner_uid };
     let http_unix = axum::serve(http_unix, router.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown_signal());
     let (g, h, u) = tokio::join!(grpc_server, http_tcp, http_unix);
-    if let Some((path, inode)) = grpc_socket {
-        channel::OwnSocket::remove(&path, inode);
-    }
-    channel::OwnSocket::remove(&http_socket_path, http_inode);
+    // The socket files go with the servers (on an early error, when the bound sockets are dropped).
+    drop((grpc_socket, http_socket_file));
     g?;
     h?;
     u?;

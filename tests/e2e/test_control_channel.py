@@ -301,6 +301,21 @@ def test_tcp_without_client_authentication_is_refused_at_start(tmp_path, sockets
         assert key.read_text().splitlines()[1] not in half.stderr + junk.stderr + wrong_key.stderr
 
 
+def test_a_start_that_fails_after_binding_leaves_no_socket(tmp_path, sockets):
+    """The gRPC socket is bound, then the admin port is taken: the service
+    stops, and removes the socket it made (a stale one would only be replaced
+    at the next start, but nothing should be left listening-looking)."""
+    import socket as net
+    with net.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        failed = start(tmp_path, sockets, KEYBRAKE_GRPC_LISTEN=f"unix:{sockets / 'grpc.sock'}",
+                       KEYBRAKE_HTTP_LISTEN=f"127.0.0.1:{port}")
+    assert failed.returncode != 0 and "READY" not in failed.stdout and f"127.0.0.1:{port}" in failed.stderr
+    assert list(sockets.iterdir()) == []
+
+
 def test_the_insecure_flag_starts_plain_tcp_loudly(tmp_path, sockets):
     """For a network sealed by other means (a mesh sidecar): it starts, and
     says so at warning level, naming the flag."""
