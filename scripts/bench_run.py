@@ -10,7 +10,8 @@ taken out, bench/envoy_bare.py). Then, for several rounds, alternating:
   A_post  bare Envoy forwarding POST /stripe/v1/charges (real key sent by the client)
   B       Keybrake, GET /stripe/v1/charges/{id}: an allowed call that moves no money
   C       Keybrake, POST /stripe/v1/charges with a form body: price, reserve, forward, settle, audit
-  D       the control service alone over gRPC (bench-reserve): durable reservations/s,
+  D       the control service alone over gRPC on its Unix socket, as Envoy reaches it
+          (bench-reserve): durable reservations/s,
           and authorize+settle cycles/s (and again on PostgreSQL when
           KEYBRAKE_BENCH_DATABASE_URL is set)
 
@@ -46,6 +47,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -104,6 +106,8 @@ class Procs:
 
     def __init__(self) -> None:
         self.procs: dict[str, subprocess.Popen] = {}
+        # Directories of the control services' sockets, removed with the processes.
+        self.dirs: list[Path] = []
 
     def _write_pids(self) -> None:
         # scripts/bench.sh kills what is left of these on exit.
@@ -135,6 +139,8 @@ class Procs:
                 proc.wait()
         self.procs.clear()
         self._write_pids()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def read_ready(proc: subprocess.Popen, prefix: str, timeout: float, name: str) -> str:
@@ -336,12 +342,17 @@ class Bench:
         self.idle_memory = {n: proc_status(p) for n, p in self.sampler.pids.items()}
 
     def start_control(self, name: str, data_dir: Path, extra: dict[str, str]) -> dict:
+        # The sockets Envoy and bench-reserve use, in a short private path (a
+        # socket path holds 107 bytes at most).
+        sockets = Path(tempfile.mkdtemp(prefix="kb-bench-"))
+        self.procs.dirs.append(sockets)
         env = {
             **os.environ,
             "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY,
             "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
             "KEYBRAKE_DATA_DIR": str(data_dir),
-            "KEYBRAKE_GRPC_LISTEN": "127.0.0.1:0",
+            "KEYBRAKE_GRPC_LISTEN": f"unix:{sockets / 'grpc.sock'}",
+            "KEYBRAKE_HTTP_SOCKET": str(sockets / "http.sock"),
             "KEYBRAKE_HTTP_LISTEN": "127.0.0.1:0",
             **extra,
         }
@@ -355,13 +366,13 @@ class Bench:
         want = "postgres" if extra.get("KEYBRAKE_DATABASE_URL") else "sqlite"
         if backend != want:
             raise RuntimeError(f"{name} opened storage {backend!r}, expected {want!r} (see {RUN / (name + '.log')})")
-        return {"grpc": parts["grpc"], "http": parts["http"], "storage": backend}
+        return {"grpc": parts["grpc"], "http": parts["http"], "http_socket": parts["http_socket"], "storage": backend}
 
     def start_envoy(self, name: str, bare: bool) -> dict:
         port, admin = free_port(), free_port()
         config = envoy_config.render(
             listen_port=port, admin_port=admin,
-            control_grpc=self.control["grpc"], control_http=self.control["http"],
+            control_grpc=self.control["grpc"], control_http=self.control["http_socket"],
             stripe_url=self.upstream, wasm_path=str(WASM),
         )
         if bare:

@@ -4,6 +4,13 @@
 Used by scripts/run-local.sh and by the end-to-end tests. The Stripe upstream
 is https://api.stripe.com (TLS, SNI) unless --stripe-url points elsewhere
 (e.g. http://127.0.0.1:12111 for a local stand-in).
+
+The control service is reached the way it allows (control/src/channel.rs):
+over its Unix sockets (`unix:/path`, Envoy `pipe` addresses; the default for
+a gateway on the same host), or over TCP with this gateway's client
+certificate (`--control-tls-cert/--control-tls-key/--control-ca/
+--control-server-name`: an UpstreamTlsContext that checks the control
+service's certificate and name).
 """
 import argparse
 import json
@@ -32,26 +39,64 @@ def tls_socket(sni: str) -> str:
     )
 
 
-def render(*, listen_address="127.0.0.1", listen_port=10000, admin_port=9901, control_grpc="127.0.0.1:50051",
-           control_http="127.0.0.1:8081", stripe_url="https://api.stripe.com", wasm_path, stripe_timeout="80s",
-           filter_config=None) -> str:
+def address(target: str) -> str:
+    """An Envoy address for `unix:/path` (a pipe) or `host:port`."""
+    target = target.strip()
+    if target.startswith("unix:"):
+        path = target[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError(f"a control socket path must be absolute, got {target!r}")
+        return f"{{ pipe: {{ path: {path} }} }}"
+    host, port = target.rsplit(":", 1)
+    return f"{{ socket_address: {{ address: {host}, port_value: {int(port)} }} }}"
+
+
+def control_tls_socket(cert: str, key: str, ca: str, server_name: str) -> str:
+    """mTLS to the control service: this gateway's client certificate, and the
+    control service's certificate checked against `ca` and `server_name`."""
+    return (
+        "    transport_socket:\n"
+        "      name: envoy.transport_sockets.tls\n"
+        "      typed_config:\n"
+        '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n'
+        f"        sni: {server_name}\n"
+        "        common_tls_context:\n"
+        # gRPC is HTTP/2: say so in ALPN, as tonic's server expects.
+        "          alpn_protocols: [h2]\n"
+        "          tls_certificates:\n"
+        f"          - certificate_chain: {{ filename: {cert} }}\n"
+        f"            private_key: {{ filename: {key} }}\n"
+        "          validation_context:\n"
+        f"            trusted_ca: {{ filename: {ca} }}\n"
+        f"            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {server_name} }} }}]\n"
+    )
+
+
+def render(*, listen_address="127.0.0.1", listen_port=10000, admin_port=9901, control_grpc: str, control_http: str,
+           stripe_url="https://api.stripe.com", wasm_path, stripe_timeout="80s",
+           filter_config=None, control_tls: dict | None = None) -> str:
+    """`control_grpc`: the replicas' gRPC addresses, comma-separated, each
+    `unix:/path` or `host:port`; `control_http`: the admin API's (the admin
+    socket, `unix:/path`, for a gateway on the same host). `control_tls`:
+    {"cert", "key", "ca", "server_name"} for gRPC over TCP with mTLS."""
     stripe = urlsplit(stripe_url)
     if stripe.scheme not in ("http", "https") or not stripe.hostname:
         raise ValueError(f"stripe url must be http(s)://host[:port], got {stripe_url!r}")
     tls = stripe.scheme == "https"
     port = stripe.port or (443 if tls else 80)
     is_ip = stripe.hostname.replace(".", "").isdigit()
-    grpc_endpoints = "\n".join(
-        f"        - endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }}"
-        for host, port in (hp.strip().rsplit(":", 1) for hp in control_grpc.split(",")))
-    http_host, http_port = control_http.rsplit(":", 1)
+    targets = [t for t in control_grpc.split(",") if t.strip()]
+    if control_tls and any(t.strip().startswith("unix:") for t in targets):
+        raise ValueError("mTLS is for TCP control addresses; a socket is authenticated by its owner")
+    grpc_endpoints = "\n".join(f"        - endpoint: {{ address: {address(t)} }}" for t in targets)
     values = {
         "LISTEN_ADDRESS": listen_address,
         "LISTEN_PORT": listen_port,
         "ADMIN_PORT": admin_port,
         "CONTROL_GRPC_ENDPOINTS": grpc_endpoints,
-        "CONTROL_HTTP_HOST": http_host,
-        "CONTROL_HTTP_PORT": http_port,
+        "CONTROL_TRANSPORT_SOCKET": control_tls_socket(control_tls["cert"], control_tls["key"], control_tls["ca"],
+                                                       control_tls["server_name"]) if control_tls else "",
+        "CONTROL_HTTP_ADDRESS": address(control_http),
         "STRIPE_DISCOVERY": "STATIC" if is_ip else "LOGICAL_DNS",
         "STRIPE_ADDRESS": stripe.hostname,
         "STRIPE_PORT": port,
@@ -104,16 +149,26 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", default="127.0.0.1:10000")
     p.add_argument("--admin-port", type=int, default=9901)
-    p.add_argument("--control-grpc", default="127.0.0.1:50051", help="host:port[,host:port...] of control replicas")
-    p.add_argument("--control-http", default="127.0.0.1:8081")
+    p.add_argument("--control-grpc", required=True,
+                   help="the control replicas' gRPC: unix:/path or host:port, comma-separated")
+    p.add_argument("--control-http", required=True, help="the control service's admin API: unix:/path or host:port")
+    p.add_argument("--control-tls-cert", help="this gateway's client certificate (PEM), for gRPC over TCP")
+    p.add_argument("--control-tls-key", help="its private key (PEM)")
+    p.add_argument("--control-ca", help="the CA (PEM) of the control service's certificate")
+    p.add_argument("--control-server-name", help="the name the control service's certificate must carry")
     p.add_argument("--stripe-url", default="https://api.stripe.com")
     p.add_argument("--stripe-timeout", default="80s")
     p.add_argument("--wasm", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    address, port = a.listen.rsplit(":", 1)
-    text = render(listen_address=address, listen_port=int(port), admin_port=a.admin_port, control_grpc=a.control_grpc,
-                  control_http=a.control_http, stripe_url=a.stripe_url, wasm_path=a.wasm, stripe_timeout=a.stripe_timeout)
+    tls_args = (a.control_tls_cert, a.control_tls_key, a.control_ca, a.control_server_name)
+    if any(tls_args) and not all(tls_args):
+        p.error("--control-tls-cert, --control-tls-key, --control-ca and --control-server-name go together")
+    control_tls = dict(zip(("cert", "key", "ca", "server_name"), tls_args)) if all(tls_args) else None
+    listen_address, port = a.listen.rsplit(":", 1)
+    text = render(listen_address=listen_address, listen_port=int(port), admin_port=a.admin_port,
+                  control_grpc=a.control_grpc, control_http=a.control_http, stripe_url=a.stripe_url, wasm_path=a.wasm,
+                  stripe_timeout=a.stripe_timeout, control_tls=control_tls)
     pathlib.Path(a.out).write_text(text)
     return 0
 

@@ -2,6 +2,13 @@
 # Runs Keybrake on this machine: the control service and Envoy with the
 # filter, listening on 127.0.0.1:10000 (admin API at /admin/, Stripe at /stripe/).
 #
+# Envoy reaches the control service over its Unix sockets (mode 0600 in a 0700
+# directory under the data directory): only this user can open them, so a job
+# holding a vault key cannot ask the control service for the real key itself.
+# A job running as this same user could still read Envoy's memory (which holds
+# the real key while it forwards a call): run jobs as another user or in a
+# container.
+#
 # Environment:
 #   KEYBRAKE_STRIPE_SECRET_KEY  the real Stripe key (or ..._FILE); a placeholder test key if unset
 #   KEYBRAKE_ADMIN_KEY          the admin key (or ..._FILE); generated and printed if unset
@@ -9,8 +16,13 @@
 #                               (e.g. http://127.0.0.1:12111 for a local stand-in)
 #   KEYBRAKE_LISTEN             default 127.0.0.1:10000
 #   KEYBRAKE_DATA_DIR           default ./keybrake-data
-#   KEYBRAKE_GRPC_LISTEN, KEYBRAKE_HTTP_LISTEN  the control service's own ports
-#                               (default 127.0.0.1:50051 and 127.0.0.1:8081)
+#   KEYBRAKE_GRPC_LISTEN        the control service's gRPC socket (Envoy's filter calls it),
+#                               default unix:$KEYBRAKE_DATA_DIR/run/grpc.sock (a unix: path here:
+#                               TCP needs mutual TLS, for gateways on other hosts)
+#   KEYBRAKE_HTTP_SOCKET        the admin API's socket that Envoy routes /admin/ to (its
+#                               X-Forwarded-For is believed), default $KEYBRAKE_DATA_DIR/run/http.sock
+#   KEYBRAKE_HTTP_LISTEN        the admin API on TCP for health, metrics and direct calls,
+#                               default 127.0.0.1:8081 (X-Forwarded-For ignored there)
 #   KEYBRAKE_ENVOY_ADMIN_PORT   Envoy's admin port on 127.0.0.1, default 9901
 #   KEYBRAKE_FX_RATES_FILE      JSON FX rates loaded at start (see README)
 #   KEYBRAKE_BIN                a control service binary to run instead of building one
@@ -35,9 +47,20 @@ if [ -z "${KEYBRAKE_STRIPE_SECRET_KEY:-}" ] && [ -z "${KEYBRAKE_STRIPE_SECRET_KE
   echo "KEYBRAKE_STRIPE_SECRET_KEY is not set: using a placeholder test key (Stripe will refuse it)." >&2
   export KEYBRAKE_STRIPE_SECRET_KEY=sk_test_placeholder_set_KEYBRAKE_STRIPE_SECRET_KEY
 fi
-export KEYBRAKE_DATA_DIR=${KEYBRAKE_DATA_DIR:-$PWD/keybrake-data}
-export KEYBRAKE_GRPC_LISTEN=${KEYBRAKE_GRPC_LISTEN:-127.0.0.1:50051}
+KEYBRAKE_DATA_DIR=$(realpath -m "${KEYBRAKE_DATA_DIR:-$PWD/keybrake-data}")
+export KEYBRAKE_DATA_DIR
+export KEYBRAKE_GRPC_LISTEN=${KEYBRAKE_GRPC_LISTEN:-unix:$KEYBRAKE_DATA_DIR/run/grpc.sock}
+export KEYBRAKE_HTTP_SOCKET=${KEYBRAKE_HTTP_SOCKET:-$KEYBRAKE_DATA_DIR/run/http.sock}
 export KEYBRAKE_HTTP_LISTEN=${KEYBRAKE_HTTP_LISTEN:-127.0.0.1:8081}
+case $KEYBRAKE_GRPC_LISTEN in
+  unix:/*) ;;
+  *) echo "KEYBRAKE_GRPC_LISTEN must be unix:/absolute/path here (Envoy runs on this host); got $KEYBRAKE_GRPC_LISTEN" >&2
+     exit 2 ;;
+esac
+case $KEYBRAKE_HTTP_SOCKET in
+  /*) ;;
+  *) echo "KEYBRAKE_HTTP_SOCKET must be an absolute path; got $KEYBRAKE_HTTP_SOCKET" >&2; exit 2 ;;
+esac
 listen=${KEYBRAKE_LISTEN:-127.0.0.1:10000}
 envoy_admin_port=${KEYBRAKE_ENVOY_ADMIN_PORT:-9901}
 
@@ -59,7 +82,7 @@ grep -q READY "$run_dir/control.ready" || { echo "control service did not start"
 
 .venv/bin/python scripts/envoy_config.py --wasm "$wasm" --out "$run_dir/envoy.yaml" --listen "$listen" \
   --admin-port "$envoy_admin_port" \
-  --control-grpc "$KEYBRAKE_GRPC_LISTEN" --control-http "$KEYBRAKE_HTTP_LISTEN" \
+  --control-grpc "$KEYBRAKE_GRPC_LISTEN" --control-http "unix:$KEYBRAKE_HTTP_SOCKET" \
   --stripe-url "${KEYBRAKE_STRIPE_URL:-https://api.stripe.com}"
 envoy=$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 "$envoy" -c "$run_dir/envoy.yaml" --disable-hot-restart -l warning &
@@ -73,6 +96,11 @@ Keybrake is running on http://$listen
   admin API:  http://$listen/admin/vault_keys
   Stripe:     http://$listen/stripe   (base address for stripe.StripeClient)
   data:       $KEYBRAKE_DATA_DIR
+  control:    $KEYBRAKE_GRPC_LISTEN, unix:$KEYBRAKE_HTTP_SOCKET (user $(id -un) only)
+
+  Run jobs as another user or in a container, never as $(id -un): a process
+  of this user can open the control service's sockets and read Envoy's memory,
+  which holds the real Stripe key while a call is forwarded.
 MSG
 if [ -n "${generated_admin:-}" ]; then echo "  admin key:  $KEYBRAKE_ADMIN_KEY"; fi
 echo "Ctrl-C stops both."

@@ -33,7 +33,8 @@ apt_install() {
 }
 
 setup_base() {
-  apt_install ca-certificates curl python3-venv git
+  # openssl: envoy/k8s/make-tls.sh (the control channel's certificates; the tests make theirs with it).
+  apt_install ca-certificates curl python3-venv git openssl
   if command -v rustup >/dev/null; then
     for c in clippy rustfmt; do
       rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true

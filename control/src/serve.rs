@@ -1,5 +1,11 @@
 //! `keybrake serve`: opens the store, loads the vault's secrets, and runs the
 //! gRPC server (for the filter), the admin HTTP API and the background sweeper.
+//!
+//! The gRPC port answers only an authenticated gateway (see [`crate::channel`]):
+//! a Unix socket of this user's by default, or TCP with client certificates.
+//! The admin API listens on TCP (health, metrics, operators) and on a Unix
+//! socket for the gateway on this host, whose `X-Forwarded-For` is believed
+//! (see [`crate::peer`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,13 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::app::{App, Limits};
 use crate::calls::expire_leases;
+use crate::channel::{self, ChannelGuard, GrpcChannel, ListenAddr};
 use crate::clock::{Clock, SystemClock};
 use crate::grpc::GatewayService;
+use crate::peer::{AdminSocket, AdminTcp, Peer, TrustedProxies};
 use crate::secrets::{self, Vault};
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
@@ -28,12 +35,42 @@ pub struct ServeArgs {
     /// PostgreSQL URL (postgres://user@host:5432/db) for state shared by several replicas.
     #[arg(long, env = "KEYBRAKE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// gRPC address the Envoy filter calls.
-    #[arg(long, env = "KEYBRAKE_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub grpc_listen: SocketAddr,
-    /// Admin HTTP API address (Envoy routes /admin/ here).
+    /// Where the Envoy filter calls: unix:/path/to.sock (default:
+    /// unix:DATA_DIR/run/grpc.sock, mode 0600, only this user can connect) or
+    /// IP:PORT, which needs --grpc-tls-cert, --grpc-tls-key and
+    /// --grpc-client-ca (client certificates required).
+    #[arg(long, env = "KEYBRAKE_GRPC_LISTEN")]
+    pub grpc_listen: Option<ListenAddr>,
+    /// The gRPC port's certificate chain (PEM), for a TCP --grpc-listen.
+    #[arg(long, env = "KEYBRAKE_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The private key of --grpc-tls-cert (PEM).
+    #[arg(long, env = "KEYBRAKE_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// The CA (PEM) whose client certificates the gRPC port accepts: the
+    /// gateways'. Only a gateway should hold a certificate it signed.
+    #[arg(long, env = "KEYBRAKE_GRPC_CLIENT_CA")]
+    pub grpc_client_ca: Option<PathBuf>,
+    /// Serve gRPC on TCP without client authentication. Anyone who reaches
+    /// the port can trade a vault key for the real key: only for a network
+    /// sealed by other means (a mesh sidecar enforcing mTLS and who may call).
+    #[arg(long, env = "KEYBRAKE_INSECURE_GRPC_TCP_WITHOUT_CLIENT_AUTH")]
+    pub insecure_grpc_tcp_without_client_auth: bool,
+    /// Admin HTTP API address on TCP (health, metrics, operators; a proxy in
+    /// --trusted-proxies may route /admin/ here).
     #[arg(long, env = "KEYBRAKE_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
     pub http_listen: SocketAddr,
+    /// The admin HTTP API on a Unix socket for the gateway on this host
+    /// (Envoy routes /admin/ here; default DATA_DIR/run/http.sock, mode 0600).
+    /// Its peer is a trusted proxy: the client is the address it appended to
+    /// X-Forwarded-For.
+    #[arg(long, env = "KEYBRAKE_HTTP_SOCKET")]
+    pub http_socket: Option<PathBuf>,
+    /// TCP peers whose X-Forwarded-For is believed (IPs or CIDR ranges,
+    /// comma-separated; default none). From anyone else, the client is the
+    /// TCP peer, whatever the header says.
+    #[arg(long, env = "KEYBRAKE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
     /// How long completed idempotency records are kept, in seconds.
     #[arg(long, env = "KEYBRAKE_IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400)]
     pub idempotency_ttl_seconds: i64,
@@ -52,7 +89,40 @@ pub struct ServeArgs {
     pub sweep_interval_ms: u64,
 }
 
+impl ServeArgs {
+    /// The gRPC channel the flags ask for, checked (plain TCP is refused without the insecure flag).
+    pub fn grpc_channel(&self) -> anyhow::Result<GrpcChannel> {
+        let listen = self.grpc_listen.clone().unwrap_or_else(|| ListenAddr::Unix(self.run_dir().join("grpc.sock")));
+        GrpcChannel::from_flags(
+            listen,
+            self.grpc_tls_cert.clone(),
+            self.grpc_tls_key.clone(),
+            self.grpc_client_ca.clone(),
+            self.insecure_grpc_tcp_without_client_auth,
+        )
+    }
+
+    /// The admin socket's path.
+    pub fn http_socket_path(&self) -> PathBuf {
+        self.http_socket.clone().unwrap_or_else(|| self.run_dir().join("http.sock"))
+    }
+
+    /// Where the default sockets live.
+    fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+}
+
+/// The gRPC server, bound and configured: ready to serve once the rest is up.
+enum GrpcListener {
+    Unix(channel::OwnSocket),
+    /// With the server's TLS configured (client certificates required), or without (the insecure flag).
+    Tcp(TcpListener, Box<tonic::transport::Server>, bool),
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // The flags first: a channel open to anyone is refused before anything starts.
+    let grpc_channel = args.grpc_channel()?;
     let stripe_key = secrets::from_env("KEYBRAKE_STRIPE_SECRET_KEY")?
         .ok_or(secrets::SecretError::Missing("KEYBRAKE_STRIPE_SECRET_KEY"))?;
     let admin_key =
@@ -76,23 +146,62 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let latest = app.store.read(|l| l.latest_revocation()).await?;
     app.revocations.fast_forward(latest);
 
-    let grpc = TcpListener::bind(args.grpc_listen).await.with_context(|| format!("binding {}", args.grpc_listen))?;
+    let (grpc, grpc_shown) = match &grpc_channel {
+        GrpcChannel::Unix(path) => {
+            let socket = channel::bind_own_socket(path)?;
+            (GrpcListener::Unix(socket), format!("unix:{}", path.display()))
+        }
+        GrpcChannel::MutualTls(addr, files) => {
+            // Configured before anything listens: a certificate, key or CA that
+            // does not load stops the start, never a server that cannot authenticate.
+            let server = tonic::transport::Server::builder()
+                .tls_config(channel::server_tls(files)?)
+                .context("the gRPC TLS certificate, key or client CA")?;
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            let shown = listener.local_addr()?.to_string();
+            (GrpcListener::Tcp(listener, Box::new(server), true), shown)
+        }
+        GrpcChannel::InsecureTcp(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            let shown = listener.local_addr()?.to_string();
+            (GrpcListener::Tcp(listener, Box::new(tonic::transport::Server::builder()), false), shown)
+        }
+    };
     let http = TcpListener::bind(args.http_listen).await.with_context(|| format!("binding {}", args.http_listen))?;
-    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    tracing::info!(%grpc_addr, %http_addr, storage = app.store.backend_name(), "keybrake control service started");
-    // Tests and scripts wait for this line to learn the ports.
-    println!("READY grpc={grpc_addr} http={http_addr}");
+    let http_socket = channel::bind_own_socket(&args.http_socket_path())?;
+    let http_addr = http.local_addr()?;
+    let http_socket_path = http_socket.path.clone();
+    let mode = match &grpc_channel {
+        GrpcChannel::Unix(_) => "unix socket, this user only",
+        GrpcChannel::MutualTls(..) => "TCP, mutual TLS",
+        GrpcChannel::InsecureTcp(_) => "TCP WITHOUT CLIENT AUTHENTICATION",
+    };
+    if let GrpcChannel::InsecureTcp(_) = &grpc_channel {
+        tracing::warn!(
+            grpc_addr = %grpc_shown,
+            "INSECURE: gRPC on TCP without client authentication ({}): anyone who can reach this port \
+             can trade a vault key for the real Stripe key. Only for a network sealed by other means.",
+            channel::INSECURE_FLAG
+        );
+    }
+    tracing::info!(
+        grpc = %grpc_shown,
+        grpc_auth = mode,
+        %http_addr,
+        http_socket = %http_socket_path.display(),
+        trusted_proxies = %args.trusted_proxies,
+        storage = app.store.backend_name(),
+        "keybrake control service started"
+    );
+    // Tests and scripts wait for this line to learn the addresses.
+    println!("READY grpc={grpc_shown} http={http_addr} http_socket=unix:{}", http_socket_path.display());
 
     tokio::spawn(sweep(app.clone(), Duration::from_millis(args.sweep_interval_ms.max(10))));
     tokio::spawn(crate::revocation::relay(app.clone()));
     if matches!(app.store, Store::Postgres(_)) {
         tokio::spawn(chain_audit(app.clone()));
     }
-    // TCP_NODELAY on every accepted connection: small answers must not wait
-    // for delayed ACKs (Nagle's algorithm held ~1% of charges for 40 ms).
-    // `Server::tcp_nodelay` does not apply to a listener passed in.
-    let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-    // On a signal, both servers stop taking work; the workers' revocation
+    // On a signal, every server stops taking work; the workers' revocation
     // streams are closed, or the gRPC server would wait for them forever.
     let (stopping, stop) = tokio::sync::watch::channel(false);
     tokio::spawn({
@@ -109,16 +218,48 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stop.wait_for(|s| *s).await;
         }
     };
-    let grpc_server = tonic::transport::Server::builder()
-        .add_service(GatewayServer::new(GatewayService { app: app.clone() }))
-        .serve_with_incoming_shutdown(grpc_incoming, stopped());
-    let http = http.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http_server = axum::serve(http, crate::admin::router(app.clone())).with_graceful_shutdown(stopped());
-    let (g, h) = tokio::join!(grpc_server, http_server);
+    let gateway = GatewayService { app: app.clone() };
+    let (grpc_server, grpc_socket) = match grpc {
+        GrpcListener::Unix(socket) => {
+            let guard = ChannelGuard::same_user(socket.owner_uid, app.clone());
+            let listener = tokio::net::UnixListener::from_std(socket.listener)?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let server = tonic::transport::Server::builder()
+                .add_service(GatewayServer::with_interceptor(gateway, guard))
+                .serve_with_incoming_shutdown(incoming, stopped());
+            (futures_util::future::Either::Left(server), Some(socket.file))
+        }
+        GrpcListener::Tcp(listener, mut builder, mutual_tls) => {
+            // TCP_NODELAY on every accepted connection: small answers must not wait
+            // for delayed ACKs (Nagle's algorithm held ~1% of charges for 40 ms).
+            // `Server::tcp_nodelay` does not apply to a listener passed in.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let guard = if mutual_tls {
+                ChannelGuard::client_certificate(app.clone())
+            } else {
+                ChannelGuard::open(app.clone())
+            };
+            let server = builder
+                .add_service(GatewayServer::with_interceptor(gateway, guard))
+                .serve_with_incoming_shutdown(incoming, stopped());
+            (futures_util::future::Either::Right(server), None)
+        }
+    };
+    let router = crate::admin::router(app.clone());
+    let http_tcp = AdminTcp { listener: http, trusted: Arc::new(args.trusted_proxies.clone()) };
+    let http_tcp = axum::serve(http_tcp, router.clone().into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(stopped());
+    let owner_uid = http_socket.owner_uid;
+    let http_socket_file = http_socket.file;
+    let http_unix = AdminSocket { listener: tokio::net::UnixListener::from_std(http_socket.listener)?, owner_uid };
+    let http_unix =
+        axum::serve(http_unix, router.into_make_service_with_connect_info::<Peer>()).with_graceful_shutdown(stopped());
+    let (g, h, u) = tokio::join!(grpc_server, http_tcp, http_unix);
+    // The socket files go with the servers (on an early error, when the bound sockets are dropped).
+    drop((grpc_socket, http_socket_file));
     g?;
     h?;
+    u?;
     tracing::info!("keybrake control service stopped");
     Ok(())
 }

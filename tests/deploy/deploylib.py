@@ -73,6 +73,8 @@ class Build:
     docs: list[dict] = field(default_factory=list)
     images: dict[str, dict] = field(default_factory=dict)
     files: set[Path] = field(default_factory=set)
+    # (Secret name, key) -> the git-ignored file an operator makes for it.
+    made_files: dict[tuple[str, str], Path] = field(default_factory=dict)
 
     def find(self, kind: str, name: str | None = None, namespace: str | None = None) -> list[dict]:
         return [
@@ -98,6 +100,12 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def is_git_ignored(directory: Path, rel: str) -> bool:
+    """Whether `rel` (a path under `directory`) is ignored by git, asked of git itself."""
+    proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", rel], cwd=directory, capture_output=True)
+    return proc.returncode == 0
+
+
 def kustomize(directory: Path) -> Build:
     """Loads a kustomization: resources (files and directories, recursively),
     configMap/secret generators and `images`. Generator env files are read
@@ -116,6 +124,7 @@ def kustomize(directory: Path) -> Build:
             build.docs += sub.docs
             build.images.update(sub.images)
             build.files |= sub.files
+            build.made_files.update(sub.made_files)
         else:
             assert path.is_file(), f"{kfile}: resource {res} does not exist"
             build.files.add(path)
@@ -124,10 +133,19 @@ def kustomize(directory: Path) -> Build:
         for gen in k.get(key, []):
             data = {}
             for f in gen.get("files", []):
-                path = directory / f
-                assert path.is_file(), f"{kfile}: {key} file {f} does not exist"
-                build.files.add(path)
-                data[path.name] = path.read_text()
+                # `key=path` or `path` (the key is then the file's name).
+                name, _, rel = f.rpartition("=")
+                path = directory / rel
+                name = name or path.name
+                if path.is_file():
+                    build.files.add(path)
+                    data[name] = path.read_text()
+                else:
+                    # Files an operator makes (make-tls.sh's certificates) are
+                    # git-ignored and absent here: they must be, and be made by a script.
+                    assert is_git_ignored(directory, rel), f"{kfile}: {key} file {rel} does not exist"
+                    data[name] = f"(made at deploy time: {rel})"
+                    build.made_files[(gen["name"], name)] = directory / rel
             for f in gen.get("envs", []):
                 # The real file (secrets.env) is the operator's and git-ignored:
                 # tests read only the committed example, never real secrets.
@@ -234,6 +252,42 @@ def point_wasm_at(config: dict, wasm: Path) -> int:
             node["code"] = {"local": {"filename": str(wasm)}}
             n += 1
     return n
+
+
+# Where the gateways mount their client certificate for the control channel
+# (envoy/kuberay/gateway.yaml, envoy/istio/gateway.yaml).
+GATEWAY_TLS_DIR = "/etc/keybrake/control-tls"
+
+
+def point_control_tls_at(config: dict, directory: Path) -> int:
+    """Replaces every file of the gateway's control-channel certificate
+    (GATEWAY_TLS_DIR/...) with the same file in `directory` (certificates
+    made by envoy/k8s/make-tls.sh for the test); returns how many it replaced."""
+    n = 0
+    for _, node in walk(config):
+        name = node.get("filename")
+        if isinstance(name, str) and name.startswith(GATEWAY_TLS_DIR + "/"):
+            node["filename"] = str(directory / name[len(GATEWAY_TLS_DIR) + 1:])
+            n += 1
+    return n
+
+
+def assert_control_mtls(cluster: dict, server_name: str) -> dict:
+    """The control cluster's transport socket: this gateway's certificate and
+    key, the control service's CA, and its name checked (SNI and SAN)."""
+    socket = cluster.get("transport_socket")
+    assert socket and socket["name"] == "envoy.transport_sockets.tls", f"{cluster['name']}: no TLS to the control service"
+    tls = socket["typed_config"]
+    assert tls["@type"].endswith("UpstreamTlsContext") and tls["sni"] == server_name
+    common = tls["common_tls_context"]
+    (cert,) = common["tls_certificates"]
+    assert cert["certificate_chain"]["filename"] and cert["private_key"]["filename"], "no client certificate"
+    validation = common["validation_context"]
+    assert validation["trusted_ca"]["filename"], "the control service's certificate is not checked"
+    assert validation["match_typed_subject_alt_names"] == [{"san_type": "DNS", "matcher": {"exact": server_name}}]
+    assert common.get("alpn_protocols") == ["h2"]
+    return {"cert": cert["certificate_chain"]["filename"], "key": cert["private_key"]["filename"],
+            "ca": validation["trusted_ca"]["filename"]}
 
 
 def h2_static_cluster(name: str) -> dict:

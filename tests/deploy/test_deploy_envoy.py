@@ -26,8 +26,18 @@ sys.path.insert(0, str(dl.ROOT / "scripts"))
 import envoy_config  # noqa: E402
 
 
-def local_template(wasm, stripe_url):
-    return envoy_config.render(wasm_path=str(wasm), stripe_url=stripe_url)
+def local_template(wasm, stripe_url, tls_dir=None, **kw):
+    """The local gateway: over the control service's sockets, or (with
+    `tls_dir`, make-tls.sh's output) over TCP with the gateway's certificate."""
+    if tls_dir is None:
+        return envoy_config.render(wasm_path=str(wasm), stripe_url=stripe_url, control_grpc="unix:/run/keybrake/grpc.sock",
+                                   control_http="unix:/run/keybrake/http.sock", **kw)
+    gateway = tls_dir / "gateway"
+    return envoy_config.render(
+        wasm_path=str(wasm), stripe_url=stripe_url, control_grpc="10.0.0.7:50051,10.0.0.8:50051",
+        control_http="unix:/run/keybrake/http.sock", **kw,
+        control_tls={"cert": str(gateway / "tls.crt"), "key": str(gateway / "tls.key"), "ca": str(gateway / "ca.crt"),
+                     "server_name": "keybrake-control.keybrake.svc.cluster.local"})
 
 
 def envoy_files():
@@ -60,22 +70,39 @@ def docs_of_kind(kind):
             for p in dl.all_manifest_files() for d in dl.load_docs(p) if d.get("kind") == kind]
 
 
+@pytest.mark.parametrize("channel", ["socket", "mtls"])
 @pytest.mark.parametrize("stripe_url", ["https://api.stripe.com", "http://127.0.0.1:12111"])
-def test_local_template_validates(envoy, wasm, tmp_path, stripe_url):
-    """envoy/envoy.yaml.tmpl as scripts/envoy_config.py renders it, both upstream kinds."""
-    dl.envoy_validate(envoy, local_template(wasm, stripe_url), tmp_path / "local.yaml")
+def test_local_template_validates(envoy, wasm, tmp_path, stripe_url, channel, channel_tls):
+    """envoy/envoy.yaml.tmpl as scripts/envoy_config.py renders it, both
+    upstream kinds, both control channels (sockets; TCP with the gateway's
+    certificate, whose files Envoy loads while validating)."""
+    text = local_template(wasm, stripe_url, channel_tls if channel == "mtls" else None)
+    config = yaml.safe_load(text)
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    addresses = [e["endpoint"]["address"] for e in clusters["keybrake_control"]["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    if channel == "socket":
+        assert addresses == [{"pipe": {"path": "/run/keybrake/grpc.sock"}}]
+        assert "transport_socket" not in clusters["keybrake_control"]
+    else:
+        assert [a["socket_address"]["port_value"] for a in addresses] == [50051, 50051]
+        dl.assert_control_mtls(clusters["keybrake_control"], "keybrake-control.keybrake.svc.cluster.local")
+    admin = clusters["keybrake_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert admin == [{"endpoint": {"address": {"pipe": {"path": "/run/keybrake/http.sock"}}}}]
+    dl.envoy_validate(envoy, text, tmp_path / "local.yaml")
 
 
 @pytest.mark.parametrize("path", envoy_files(), ids=lambda p: str(p.relative_to(dl.ROOT)))
-def test_envoy_file_validates(envoy, wasm, tmp_path, path):
+def test_envoy_file_validates(envoy, wasm, tmp_path, path, channel_tls):
     (config,) = dl.load_docs(path)
     assert dl.point_wasm_at(config, wasm) >= 1, f"{path} loads no wasm filter"
+    dl.point_control_tls_at(config, channel_tls / "gateway")
     dl.envoy_validate(envoy, yaml.safe_dump(config), tmp_path / path.name)
 
 
 @pytest.mark.parametrize("where,config", configmap_envoy_configs(), ids=lambda x: x if isinstance(x, str) else "")
-def test_configmap_envoy_config_validates(envoy, wasm, tmp_path, where, config):
+def test_configmap_envoy_config_validates(envoy, wasm, tmp_path, where, config, channel_tls):
     assert dl.point_wasm_at(config, wasm) >= 1, f"{where} loads no wasm filter"
+    dl.point_control_tls_at(config, channel_tls / "gateway")
     dl.envoy_validate(envoy, yaml.safe_dump(config), tmp_path / "configmap.yaml")
 
 
@@ -109,9 +136,28 @@ def test_wasmplugin_validates(envoy, wasm, tmp_path, where, wp):
 
 def test_validation_catches_a_bad_plugin_config(envoy, wasm, tmp_path):
     """Guards the guard: a plugin configuration the filter refuses fails validation."""
-    text = envoy_config.render(wasm_path=str(wasm), filter_config={"control_cluster": "x", "no_such_field": 1})
+    text = local_template(wasm, "https://api.stripe.com", filter_config={"control_cluster": "x", "no_such_field": 1})
     with pytest.raises(AssertionError, match="Failed to configure|Unable to create Wasm plugin"):
         dl.envoy_validate(envoy, text, tmp_path / "bad.yaml")
+
+
+def test_validation_catches_a_missing_client_certificate(envoy, wasm, tmp_path, channel_tls):
+    """Guards the guard: validation loads the control channel's certificate
+    files, so a gateway without its client key (or with a key that is not its
+    certificate's) fails here, not at its first call."""
+    (config,) = dl.load_docs(dl.ENVOY_DIR / "kuberay" / "envoy.yaml")
+    dl.point_wasm_at(config, wasm)
+    assert dl.point_control_tls_at(config, tmp_path / "nowhere") == 3
+    with pytest.raises(AssertionError, match="nowhere"):
+        dl.envoy_validate(envoy, yaml.safe_dump(config), tmp_path / "missing.yaml")
+    (config,) = dl.load_docs(dl.ENVOY_DIR / "kuberay" / "envoy.yaml")
+    dl.point_wasm_at(config, wasm)
+    dl.point_control_tls_at(config, channel_tls / "gateway")
+    for _, node in dl.walk(config):
+        if node.get("filename", "").endswith("/tls.key"):
+            node["filename"] = str(channel_tls / "control" / "tls.key")  # another certificate's key
+    with pytest.raises(AssertionError, match="KEY_VALUES_MISMATCH"):
+        dl.envoy_validate(envoy, yaml.safe_dump(config), tmp_path / "mismatched.yaml")
 
 
 def test_every_envoy_config_is_found():
@@ -131,13 +177,14 @@ def test_every_envoy_config_is_found():
             assert rel in files | {"envoy/envoy.yaml.tmpl"}, f"{rel} looks like an Envoy config no test validates"
 
 
-def test_kuberay_gateway_runs_and_drains(envoy, wasm, tmp_path):
+def test_kuberay_gateway_runs_and_drains(envoy, wasm, tmp_path, channel_tls):
     """Beyond validation: the KubeRay gateway's Envoy (on free ports, the
     built filter at the wasm path) starts, answers the readiness probe through
     the health listener and nothing else there, and its preStop drain.sh
     drains the listeners and returns 0 (nothing queued in the outbox)."""
     (config,) = dl.load_docs(dl.ENVOY_DIR / "kuberay" / "envoy.yaml")
     dl.point_wasm_at(config, wasm)
+    dl.point_control_tls_at(config, channel_tls / "gateway")
     ports = {9901: free_port(), 10000: free_port(), 9902: free_port()}
     for _, node in dl.walk(config):
         if node.get("port_value") in ports:

@@ -323,6 +323,104 @@ def test_control_env_vars_exist(build):
     assert env["KEYBRAKE_DATA_DIR"] in mounts, "the SQLite directory is on the volume"
 
 
+# ---------------------------------------------------------------- the control channel (mutual TLS)
+
+CONTROL_TLS_SECRET_KEYS = {"tls.crt", "tls.key", "ca.crt"}
+
+
+def secret_file(build: dl.Build, pod: dict, container: dict, path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file `path` as the container sees it: it must
+    lie in a mount of a Secret volume that has that key."""
+    volumes = {v["name"]: v for v in dl.pod_spec(pod)["volumes"]}
+    for m in container.get("volumeMounts", []):
+        directory = m["mountPath"].rstrip("/") + "/"
+        if path.startswith(directory):
+            volume = volumes[m["name"]]
+            assert "secret" in volume, f"{path}: mounted from {m['name']}, which is not a Secret"
+            name, key = volume["secret"]["secretName"], path[len(directory):]
+            secret = build.one("Secret", name, pod["metadata"]["namespace"])
+            assert key in secret["data"], f"{path}: Secret {name} has no key {key}"
+            assert m.get("readOnly") is True, f"{path}: mount it read-only"
+            # Only the pod's user and group may read a private key.
+            mode = volume["secret"].get("defaultMode", 0o644)
+            assert mode & 0o007 == 0, f"{name}: defaultMode {oct(mode)} lets other users read it"
+            assert dl.pod_spec(pod).get("securityContext", {}).get("fsGroup") is not None, (
+                f"{pod['metadata']['name']}: the Secret's files need the pod's fsGroup to be readable")
+            return name, key
+    raise AssertionError(f"{container['name']}: {path} is in no mounted volume")
+
+
+def made_by_make_tls(build: dl.Build, secret: str, key: str, side: str) -> None:
+    """The Secret's key comes from envoy/k8s/make-tls.sh's output for `side`
+    (control/ or gateway/), never from a file in git."""
+    generated = build.made_files.get((secret, key))
+    assert generated is not None, f"Secret {secret}/{key} is not generated from make-tls.sh's (git-ignored) files"
+    assert generated.parent.name == side and generated.name == key, f"{secret}/{key} comes from {generated}"
+    assert generated.parent.parent == dl.ENVOY_DIR / "k8s" / "tls", generated
+
+
+def test_control_grpc_takes_only_client_certificates(build):
+    """The control service's gRPC port is TCP with mutual TLS in every
+    deployment: its certificate, key and client CA are files of a Secret made
+    by make-tls.sh (the control side), and the insecure flag is set nowhere."""
+    control = control_deployment(build)
+    (container,) = dl.pod_spec(control)["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "KEYBRAKE_INSECURE_GRPC_TCP_WITHOUT_CLIENT_AUTH" not in env
+    assert not any("insecure" in a for a in container.get("args", []))
+    files = {name: env.get(name) for name in ("KEYBRAKE_GRPC_TLS_CERT", "KEYBRAKE_GRPC_TLS_KEY", "KEYBRAKE_GRPC_CLIENT_CA")}
+    assert all(files.values()), f"the gRPC port needs all three TLS files: {files}"
+    keys = {name: secret_file(build, control, container, path) for name, path in files.items()}
+    assert len({s for s, _ in keys.values()}) == 1, "one Secret holds the control service's side"
+    assert {k for _, k in keys.values()} == CONTROL_TLS_SECRET_KEYS
+    assert keys["KEYBRAKE_GRPC_CLIENT_CA"][1] == "ca.crt" and keys["KEYBRAKE_GRPC_TLS_KEY"][1] == "tls.key"
+    for secret, key in keys.values():
+        made_by_make_tls(build, secret, key, "control")
+
+
+def gateway_side(build: dl.Build, files: dict, pod: dict, container: dict) -> None:
+    """The gateway's side of the channel (`files`: cert, key, ca as the
+    gateway reads them): a Secret made by make-tls.sh (the gateway side)."""
+    keys = {role: secret_file(build, pod, container, path) for role, path in files.items()}
+    assert len({s for s, _ in keys.values()}) == 1, "one Secret holds the gateway's side"
+    assert {role: k for role, (_, k) in keys.items()} == {"cert": "tls.crt", "key": "tls.key", "ca": "ca.crt"}
+    for secret, key in keys.values():
+        made_by_make_tls(build, secret, key, "gateway")
+    control_secret = {s for (s, _k) in build.made_files if build.made_files[(s, _k)].parent.name == "control"}
+    assert {s for s, _ in keys.values()}.isdisjoint(control_secret), "the gateway never holds the control service's key"
+
+
+def test_make_tls_makes_what_the_deployments_expect(channel_tls):
+    """make-tls.sh's output has the files the Secrets are generated from; the
+    control service's certificate carries the names the gateways check (the
+    Service's) and is for servers only, the gateway's for clients only, and
+    one CA signed both (each side's ca.crt)."""
+    import subprocess
+    for side in ("control", "gateway"):
+        assert sorted(p.name for p in (channel_tls / side).iterdir()) == sorted(CONTROL_TLS_SECRET_KEYS)
+        assert (channel_tls / side / "tls.key").stat().st_mode & 0o077 == 0
+    for build_ in BUILDS.values():
+        for (secret, key), path in build_.made_files.items():
+            assert (channel_tls / path.parent.name / key).is_file(), f"{secret}/{key}"
+
+    def ext(side: str, name: str) -> str:
+        return subprocess.run(["openssl", "x509", "-noout", "-ext", name, "-in", str(channel_tls / side / "tls.crt")],
+                              check=True, capture_output=True, text=True).stdout
+
+    svc = control_service(KUBERAY)
+    fqdn = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    assert f"DNS:{fqdn}" in ext("control", "subjectAltName")
+    assert "TLS Web Server Authentication" in ext("control", "extendedKeyUsage")
+    assert "Client" not in ext("control", "extendedKeyUsage")
+    assert "TLS Web Client Authentication" in ext("gateway", "extendedKeyUsage")
+    assert "Server" not in ext("gateway", "extendedKeyUsage")
+    assert (channel_tls / "control" / "ca.crt").read_bytes() == (channel_tls / "gateway" / "ca.crt").read_bytes()
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(channel_tls / "control" / "ca.crt"),
+                             str(channel_tls / "control" / "tls.crt"), str(channel_tls / "gateway" / "tls.crt")],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def test_control_replicas_fit_the_storage(build):
     """SQLite: one replica, never two at once, its file on a claim. PostgreSQL:
     several replicas, rolled one at a time, no state on the pods."""
@@ -429,7 +527,7 @@ def test_istio_stripe_is_external_tls_and_private():
     (se,) = ISTIO.find("ServiceEntry")
     assert se["spec"]["hosts"] == ["api.stripe.com"] and se["spec"]["location"] == "MESH_EXTERNAL"
     assert se["spec"]["exportTo"] == ["."], "only the keybrake namespace (the gateway) sees api.stripe.com"
-    (dr,) = ISTIO.find("DestinationRule")
+    dr = ISTIO.one("DestinationRule", "stripe-api")
     assert dr["spec"]["host"] == "api.stripe.com"
     (level,) = dr["spec"]["trafficPolicy"]["portLevelSettings"]
     assert level["port"]["number"] == 443
@@ -437,6 +535,10 @@ def test_istio_stripe_is_external_tls_and_private():
 
 
 def test_istio_only_the_gateway_reaches_control():
+    """The admin port through the sidecar: Istio mTLS, the gateway's identity
+    only. The gRPC port is left to the control service's own mutual TLS (the
+    sidecar does not capture it), and the gateway presents its certificate
+    there (a DestinationRule with files of its Secret, mounted in its proxy)."""
     gw = istio_gateway_deployment()
     control = control_deployment(ISTIO)
     sa = dl.pod_spec(gw)["serviceAccountName"]
@@ -447,8 +549,36 @@ def test_istio_only_the_gateway_reaches_control():
     (rule,) = authz["spec"]["rules"]
     assert rule["from"] == [{"source": {"principals": [f"cluster.local/ns/{gw['metadata']['namespace']}/sa/{sa}"]}}]
     (c,) = dl.pod_spec(control)["containers"]
-    assert sorted(int(p) for p in rule["to"][0]["operation"]["ports"]) == sorted(p["containerPort"] for p in c["ports"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert [int(p) for p in rule["to"][0]["operation"]["ports"]] == [ports["http"]]
     assert dl.pod_labels(control).get("sidecar.istio.io/inject") == "true"
+    annotations = control["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("traffic.sidecar.istio.io/excludeInboundPorts") == str(ports["grpc"]), (
+        "the sidecar would take the gRPC port's TLS over")
+    # The gateway's side: a DestinationRule for the control Service's grpc port, MUTUAL, with its files.
+    svc = control_service(ISTIO)
+    fqdn = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    grpc_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    (dr,) = [d for d in ISTIO.find("DestinationRule") if d["spec"]["host"] == fqdn]
+    (level,) = [pl for pl in dr["spec"]["trafficPolicy"]["portLevelSettings"] if pl["port"]["number"] == grpc_port]
+    tls = level["tls"]
+    assert tls["mode"] == "MUTUAL" and tls["sni"] == fqdn and tls["subjectAltNames"] == [fqdn]
+    (proxy,) = [x for x in dl.pod_spec(gw)["containers"] if x["name"] == "istio-proxy"]
+    gateway_side(ISTIO, {"cert": tls["clientCertificate"], "key": tls["privateKey"], "ca": tls["caCertificates"]},
+                 gw, proxy)
+
+
+def test_istio_trusts_forwarded_for_only_from_the_sidecar():
+    """Behind its sidecar the admin port's every peer is the sidecar, on
+    loopback, which admits only the gateway: its X-Forwarded-For is believed
+    from there, and from nowhere else."""
+    (c,) = dl.pod_spec(control_deployment(ISTIO))["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    trusted = [ipaddress.ip_network(x) for x in env["KEYBRAKE_TRUSTED_PROXIES"].split(",")]
+    assert all(n.is_loopback for n in trusted), trusted
+    for name in ("kuberay", "k8s/postgres"):
+        (c,) = dl.pod_spec(control_deployment(BUILDS[name]))["containers"]
+        assert "KEYBRAKE_TRUSTED_PROXIES" not in {e["name"] for e in c["env"]}, f"{name}: peers are other pods"
 
 
 def test_wasmplugin_is_reference_only_and_in_step():
@@ -601,6 +731,9 @@ def test_kuberay_envoy_matches_its_pod():
         return ep["endpoint"]["address"]["socket_address"]
 
     assert address(grpc_cluster) == {"address": fqdn, "port_value": svc_ports["grpc"]}
+    # gRPC over mutual TLS: the gateway's certificate from its Secret, the control service's name checked.
+    files = dl.assert_control_mtls(grpc_cluster, fqdn)
+    gateway_side(KUBERAY, files, gw, envoy)
     assert address(clusters["keybrake_admin"]) == {"address": fqdn, "port_value": svc_ports["http"]}
     # Stripe: TLS with SNI and the name checked.
     tls = clusters["stripe"]["transport_socket"]["typed_config"]

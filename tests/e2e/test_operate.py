@@ -108,7 +108,7 @@ def test_a_control_service_that_cannot_open_its_storage_refuses_to_start(tmp_pat
     blocker.write_text("a file where the data directory should be")
     proc = subprocess.run([str(control_binary()), "serve"], env={**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY,
                           "KEYBRAKE_ADMIN_KEY": ADMIN_KEY, "KEYBRAKE_DATA_DIR": str(blocker),
-                          "KEYBRAKE_GRPC_LISTEN": "127.0.0.1:0", "KEYBRAKE_HTTP_LISTEN": "127.0.0.1:0"},
+                          "KEYBRAKE_HTTP_LISTEN": "127.0.0.1:0"},
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and str(blocker) in proc.stderr and "READY" not in proc.stdout
 
@@ -118,8 +118,7 @@ def test_an_empty_database_url_refuses_to_start_rather_than_fall_back_to_sqlite(
     each replica on a SQLite file of its own (each would keep its own caps)."""
     proc = subprocess.run([str(control_binary()), "serve"], env={**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY,
                           "KEYBRAKE_ADMIN_KEY": ADMIN_KEY, "KEYBRAKE_DATA_DIR": str(tmp_path / "data"),
-                          "KEYBRAKE_DATABASE_URL": "", "KEYBRAKE_GRPC_LISTEN": "127.0.0.1:0",
-                          "KEYBRAKE_HTTP_LISTEN": "127.0.0.1:0"},
+                          "KEYBRAKE_DATABASE_URL": "", "KEYBRAKE_HTTP_LISTEN": "127.0.0.1:0"},
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "READY" not in proc.stdout
     assert "KEYBRAKE_DATABASE_URL" in proc.stderr and "empty" in proc.stderr

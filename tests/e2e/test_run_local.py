@@ -1,8 +1,10 @@
 """The laptop command, for real: scripts/run-local.sh starts the control
 service and Envoy with the filter, reading its secrets from files and its FX
-rates from a file, and stops both on Ctrl-C."""
+rates from a file, connects them over the control service's Unix sockets,
+tells its user to run jobs as another user, and stops both on Ctrl-C."""
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -11,7 +13,7 @@ import httpx
 import stripe
 
 from support import processes
-from support.stack import ADMIN_KEY, REAL_KEY, ROOT, control_binary, free_port, read_ready_line, wait_for
+from support.stack import ADMIN_KEY, REAL_KEY, ROOT, control_binary, free_port, read_ready_line, socket_dir, wait_for
 
 
 def test_run_local_serves_a_capped_charge_and_stops_on_ctrl_c(tmp_path):
@@ -27,13 +29,15 @@ def test_run_local_serves_a_capped_charge_and_stops_on_ctrl_c(tmp_path):
     fx = tmp_path / "fx.json"
     fx.write_text(json.dumps({"as_of": "2026-11-26", "rates": {"jpy": "0.0067"}}))
     listen, admin_port = free_port(), free_port()
+    sockets = socket_dir()
     env = {k: v for k, v in os.environ.items() if k not in ("KEYBRAKE_STRIPE_SECRET_KEY", "KEYBRAKE_ADMIN_KEY")}
     env.update({
         "KEYBRAKE_STRIPE_SECRET_KEY_FILE": str(secrets / "stripe"),
         "KEYBRAKE_ADMIN_KEY_FILE": str(secrets / "admin"),
         "KEYBRAKE_STRIPE_URL": upstream_url,
         "KEYBRAKE_LISTEN": f"127.0.0.1:{listen}",
-        "KEYBRAKE_GRPC_LISTEN": f"127.0.0.1:{free_port()}",
+        "KEYBRAKE_GRPC_LISTEN": f"unix:{sockets / 'grpc.sock'}",
+        "KEYBRAKE_HTTP_SOCKET": str(sockets / "http.sock"),
         "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
         "KEYBRAKE_ENVOY_ADMIN_PORT": str(admin_port),
         "KEYBRAKE_DATA_DIR": str(tmp_path / "data"),
@@ -44,8 +48,14 @@ def test_run_local_serves_a_capped_charge_and_stops_on_ctrl_c(tmp_path):
                            stdout_pipe=True, start_new_session=True)
     try:
         # It builds the filter and the control service first (fast when they are built).
-        banner = read_ready_line(run, "Keybrake is running on")
-        assert f"127.0.0.1:{listen}" in banner
+        # (The banner's lines before its last one go to the log.)
+        read_ready_line(run, "Ctrl-C stops both")
+        text = run.log.read_text()
+        banner = text[text.rindex("Keybrake is running on"):]
+        assert f"Keybrake is running on http://127.0.0.1:{listen}" in banner
+        # Envoy reaches the control service over its sockets, and the banner says who must not run jobs.
+        assert f"unix:{sockets / 'grpc.sock'}" in banner and "Run jobs as another user or in a container" in banner
+        assert oct((sockets / "grpc.sock").stat().st_mode & 0o777) == "0o600"
         gateway = f"http://127.0.0.1:{listen}"
         created = httpx.post(f"{gateway}/admin/vault_keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10,
                              json={"label": "run-local", "vendor": "stripe", "allowed_endpoints": ["POST /v1/charges"],
@@ -74,6 +84,7 @@ def test_run_local_serves_a_capped_charge_and_stops_on_ctrl_c(tmp_path):
             run.popen.wait(timeout=60)
         finally:
             processes.stop(upstream, signal.SIGKILL)
+            shutil.rmtree(sockets, ignore_errors=True)
     # Ctrl-C stopped both: nothing listens any more.
     wait_for(lambda: _refused(listen) and _refused(admin_port), timeout=15, what="gateway stopped")
 

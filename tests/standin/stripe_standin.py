@@ -1177,13 +1177,14 @@ class StandinHandler(BaseHTTPRequestHandler):
             self._reset_connection()
             app.completed(reply, None)
             return
+        # Recorded as answered before the answer leaves, so a client that reads
+        # the log right after its answer always finds the status.
+        app.completed(reply, reply.status)
         try:
             self._send(reply)
         except OSError:
             self.close_connection = True
             app.completed(reply, None)
-        else:
-            app.completed(reply, reply.status)
 
     def _header_dict(self) -> dict[str, str]:
         headers: dict[str, str] = {}

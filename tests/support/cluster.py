@@ -1,8 +1,11 @@
 """Several control replicas and several Envoys on one PostgreSQL, for the
-multi-node tests. Each Envoy's control cluster lists every replica."""
+multi-node tests. Each Envoy's control cluster lists every replica (their
+gRPC Unix sockets); the admin API goes to replica 0's admin socket. Each
+replica's admin API also listens on a loopback TCP port (`http_ports`)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +17,7 @@ import httpx
 
 from support import processes
 from support.stack import ADMIN_KEY, REAL_KEY, ROOT, control_binary, envoy_binary, envoy_config, filter_wasm, free_port, \
-    read_ready_line
+    read_ready_line, socket_dir
 
 
 def postgres_url() -> str | None:
@@ -34,14 +37,23 @@ class Cluster:
     replicas: int = 2
     envoys: int = 2
     upstream_port: int = 0
-    grpc_ports: list[int] = field(default_factory=list)
     http_ports: list[int] = field(default_factory=list)
     listen_ports: list[int] = field(default_factory=list)
     admin_ports: list[int] = field(default_factory=list)
     procs: dict[str, processes.Proc] = field(default_factory=dict)
+    sockets: Path | None = None
+
+    def grpc_socket(self, i: int) -> Path:
+        assert self.sockets is not None
+        return self.sockets / f"grpc{i}.sock"
+
+    def http_socket(self, i: int) -> Path:
+        assert self.sockets is not None
+        return self.sockets / f"http{i}.sock"
 
     def start(self) -> "Cluster":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sockets = socket_dir()
         up = processes.launch("stand-in", [sys.executable, ROOT / "tests" / "standin" / "stripe_standin.py", "--port", "0",
                                            "--expect-key", REAL_KEY], self.workdir / "upstream.log", stdout_pipe=True)
         self.procs["upstream"] = up
@@ -49,7 +61,6 @@ class Cluster:
         # Port 0 at first start: a port picked beforehand could be taken (for
         # instance by another replica's database connections) before the
         # replica binds it. A restart reuses the ports the replica reported.
-        self.grpc_ports = [0] * self.replicas
         self.http_ports = [0] * self.replicas
         for i in range(self.replicas):
             self.start_replica(i)
@@ -59,14 +70,15 @@ class Cluster:
 
     def start_replica(self, i: int) -> None:
         env = {**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY, "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
-               "KEYBRAKE_DATABASE_URL": self.database_url, "KEYBRAKE_GRPC_LISTEN": f"127.0.0.1:{self.grpc_ports[i]}",
-               "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_ports[i]}"}
+               "KEYBRAKE_DATABASE_URL": self.database_url, "KEYBRAKE_GRPC_LISTEN": f"unix:{self.grpc_socket(i)}",
+               "KEYBRAKE_HTTP_SOCKET": str(self.http_socket(i)), "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_ports[i]}",
+               "KEYBRAKE_DATA_DIR": str(self.workdir / f"data{i}")}
         proc = processes.launch(f"control{i}", [control_binary(), "serve"], self.workdir / f"control{i}.log", env=env,
                                  stdout_pipe=True)
         self.procs[f"control{i}"] = proc
         ready_line = read_ready_line(proc, "READY")
         bound = dict(part.split("=", 1) for part in ready_line.split()[1:])
-        self.grpc_ports[i] = int(bound["grpc"].rsplit(":", 1)[1])
+        assert bound["grpc"] == f"unix:{self.grpc_socket(i)}", bound
         self.http_ports[i] = int(bound["http"].rsplit(":", 1)[1])
         ready = httpx.get(f"http://127.0.0.1:{self.http_ports[i]}/readyz", timeout=10).json()
         assert ready["storage"] == "postgres", ready
@@ -76,8 +88,8 @@ class Cluster:
         self.admin_ports.append(free_port())
         config = envoy_config.render(
             listen_port=self.listen_ports[i], admin_port=self.admin_ports[i],
-            control_grpc=",".join(f"127.0.0.1:{p}" for p in self.grpc_ports),
-            control_http=f"127.0.0.1:{self.http_ports[0]}",
+            control_grpc=",".join(f"unix:{self.grpc_socket(r)}" for r in range(self.replicas)),
+            control_http=f"unix:{self.http_socket(0)}",
             stripe_url=f"http://127.0.0.1:{self.upstream_port}", wasm_path=str(filter_wasm()))
         path = self.workdir / f"envoy{i}.yaml"
         path.write_text(config)
@@ -95,6 +107,8 @@ class Cluster:
         for name in sorted(self.procs, key=lambda n: (not n.startswith("envoy"), n)):
             processes.stop(self.procs[name])
         self.procs.clear()
+        if self.sockets is not None:
+            shutil.rmtree(self.sockets, ignore_errors=True)
 
     def url(self, envoy: int) -> str:
         return f"http://127.0.0.1:{self.listen_ports[envoy]}"

