@@ -515,12 +515,20 @@ def test_istio_routes_resolve():
             assert dest["host"] in services, f"route to unknown host {dest['host']}"
             assert port in [p["port"] for p in services[dest["host"]]["spec"]["ports"]]
         assert http["retries"] == {"attempts": 0}, "no proxy-level retries of priced calls"
-        routes[http["match"][0]["uri"]["prefix"]] = (http, dest)
+        uri = http["match"][0]["uri"]
+        routes[uri.get("prefix") or uri["exact"]] = (http, dest)
     stripe, dest = routes["/stripe/"]
     assert dest == {"host": "api.stripe.com", "port": {"number": 443}}
     assert stripe["rewrite"] == {"uri": "/", "authority": "api.stripe.com"}
-    # The filter's route prefix (src/config.rs default) is what the gateway routes.
-    assert routes.keys() == {"/stripe/", "/admin/"}
+    # Stripe's own paths at the root go unchanged (SDKs that take only a host and a port).
+    for root in ("/v1/", "/v2/"):
+        http, dest = routes[root]
+        assert dest == {"host": "api.stripe.com", "port": {"number": 443}}
+        assert http["rewrite"] == {"authority": "api.stripe.com"}, "the path is Stripe's already"
+    for control in ("/admin/", "/mcp"):
+        assert routes[control][1]["host"] == "keybrake-control.keybrake.svc.cluster.local"
+    # The filter's routes (src/config.rs default: /stripe and the roots) are what the gateway routes.
+    assert routes.keys() == {"/stripe/", "/v1/", "/v2/", "/admin/", "/mcp"}
 
 
 def test_istio_stripe_is_external_tls_and_private():
