@@ -95,6 +95,7 @@ Keybrake is running on http://$listen
   console:    http://$listen/admin/ui/   (log in with the admin key)
   admin API:  http://$listen/admin/vault_keys
   Stripe:     http://$listen/stripe   (base address for stripe.StripeClient)
+              http://$listen/v1/...   (the root, for SDKs that take a host and a port: stripe-node)
   data:       $KEYBRAKE_DATA_DIR
   control:    $KEYBRAKE_GRPC_LISTEN, unix:$KEYBRAKE_HTTP_SOCKET (user $(id -un) only)
 
