@@ -51,6 +51,8 @@ scripts/fuzz.sh 20
 step "end-to-end tests"
 .venv/bin/pytest "$@"
 if [ $# -eq 0 ]; then
+  step "chaos run of the real stack (2 minutes; scripts/chaos.sh)"
+  scripts/chaos.sh 2
   step "end-to-end tests of the control service on PostgreSQL (API, caps, dedup, audit)"
   KEYBRAKE_E2E_BACKEND=postgres .venv/bin/pytest tests/e2e/test_gateway.py tests/e2e/test_caps.py \
     tests/e2e/test_dedup.py tests/e2e/test_operate.py

@@ -24,7 +24,8 @@ reached "Stripe" and count how much money moved. The stand-in:
 Test hooks live under ``/__standin/`` and need no API key:
 
     GET    /__standin/requests   the request log (filters: ?method=&path=);
-                                 "status" is null while in flight or if reset
+                                 "status" is null while in flight or if reset;
+                                 "answer" is the object a 2xx made (also when reset)
     DELETE /__standin/requests   clear the log and every stored object
     GET    /__standin/counts     counters of what happened
     GET    /__standin/faults     the fault configuration in force
@@ -950,8 +951,10 @@ class Standin:
         if reply.record is not None:
             with self._lock:
                 reply.record["status"] = status
-                if status is not None and 200 <= status < 300:
-                    try:  # what the stand-in made of the request: the object it answered with
+                if 200 <= reply.status < 300 and "answer" not in reply.record:
+                    # What the stand-in did with the request: the object it made, even
+                    # when the answer was then lost (reset).
+                    try:
                         reply.record["answer"] = json.loads(reply.body)
                     except ValueError:
                         pass

@@ -42,6 +42,8 @@ class Cluster:
     admin_ports: list[int] = field(default_factory=list)
     procs: dict[str, processes.Proc] = field(default_factory=dict)
     sockets: Path | None = None
+    # Extra environment for every replica (KEYBRAKE_LEASE_SECONDS, ...).
+    control_env: dict[str, str] = field(default_factory=dict)
 
     def grpc_socket(self, i: int) -> Path:
         assert self.sockets is not None
@@ -72,7 +74,7 @@ class Cluster:
         env = {**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY, "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
                "KEYBRAKE_DATABASE_URL": self.database_url, "KEYBRAKE_GRPC_LISTEN": f"unix:{self.grpc_socket(i)}",
                "KEYBRAKE_HTTP_SOCKET": str(self.http_socket(i)), "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_ports[i]}",
-               "KEYBRAKE_DATA_DIR": str(self.workdir / f"data{i}")}
+               "KEYBRAKE_DATA_DIR": str(self.workdir / f"data{i}"), **self.control_env}
         proc = processes.launch(f"control{i}", [control_binary(), "serve"], self.workdir / f"control{i}.log", env=env,
                                  stdout_pipe=True)
         self.procs[f"control{i}"] = proc
@@ -84,8 +86,10 @@ class Cluster:
         assert ready["storage"] == "postgres", ready
 
     def start_envoy(self, i: int) -> None:
-        self.listen_ports.append(free_port())
-        self.admin_ports.append(free_port())
+        """Starts Envoy `i`; again on its own ports when it ran before (a restart)."""
+        if i == len(self.listen_ports):
+            self.listen_ports.append(free_port())
+            self.admin_ports.append(free_port())
         config = envoy_config.render(
             listen_port=self.listen_ports[i], admin_port=self.admin_ports[i],
             control_grpc=",".join(f"unix:{self.grpc_socket(r)}" for r in range(self.replicas)),
