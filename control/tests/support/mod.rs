@@ -52,21 +52,68 @@ pub fn harness_on(name: &'static str, store: Store, dir: Option<tempfile::TempDi
     Harness { name, app, clock, _dir: dir }
 }
 
-/// One harness per backend configured for tests: SQLite always, PostgreSQL
-/// when `KEYBRAKE_TEST_DATABASE_URL` names a server (each harness gets a fresh database).
-pub async fn backends() -> Vec<Harness> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::Sqlite(SqliteStore::open(&dir.path().join("keybrake.db")).unwrap());
-    let (app, clock) = app_on(store);
-    let mut out = vec![Harness { name: "sqlite", app, clock, _dir: Some(dir) }];
-    if let Some(url) = std::env::var("KEYBRAKE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        let store = tokio::task::spawn_blocking(move || PgStore::open(&fresh_database(&url))).await.unwrap().unwrap();
-        let (app, clock) = app_on(Store::Postgres(store));
-        out.push(Harness { name: "postgres", app, clock, _dir: None });
-    } else if std::env::var("KEYBRAKE_REQUIRE_POSTGRES").is_ok() {
+/// A storage backend a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server for tests, from `KEYBRAKE_TEST_DATABASE_URL`. Without
+/// one, PostgreSQL tests pass without running, unless `KEYBRAKE_REQUIRE_POSTGRES`
+/// is set: then a missing server is a failure.
+pub fn postgres_url() -> Option<String> {
+    let url = std::env::var("KEYBRAKE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty());
+    if url.is_none() && std::env::var("KEYBRAKE_REQUIRE_POSTGRES").is_ok() {
         panic!("KEYBRAKE_REQUIRE_POSTGRES is set but KEYBRAKE_TEST_DATABASE_URL is not");
     }
-    out
+    url
+}
+
+/// A harness on a fresh store of `backend`; `None` when PostgreSQL is not configured.
+pub async fn harness(backend: Backend) -> Option<Harness> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::Sqlite(SqliteStore::open(&dir.path().join("keybrake.db")).unwrap());
+            Some(harness_on("sqlite", store, Some(dir)))
+        }
+        Backend::Postgres => {
+            let url = postgres_url()?;
+            let store =
+                tokio::task::spawn_blocking(move || PgStore::open(&fresh_database(&url))).await.unwrap().unwrap();
+            Some(harness_on("postgres", Store::Postgres(store), None))
+        }
+    }
+}
+
+/// Defines a storage test once and runs it as one named test per backend:
+/// `name::sqlite` and `name::postgres`, so that a failure on one cannot hide
+/// the other's result. The body gets a [`Harness`] (named in the parentheses) from [`harness`],
+/// or from the constructor named after `using` (a [`Backend`] in, an `Option`
+/// out; `None` passes the test without running it).
+#[macro_export]
+macro_rules! storage_test {
+    ($(#[$attr:meta])* async fn $name:ident($h:ident) $body:block) => {
+        $crate::storage_test! { using $crate::support::harness; $(#[$attr])* async fn $name($h) $body }
+    };
+    (using $make:path; $(#[$attr:meta])* async fn $name:ident($h:ident) $body:block) => {
+        async fn $name(backend: $crate::support::Backend) {
+            if let Some($h) = $make(backend).await $body
+        }
+
+        mod $name {
+            $(#[$attr])*
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+
+            $(#[$attr])*
+            async fn postgres() {
+                super::$name($crate::support::Backend::Postgres).await
+            }
+        }
+    };
 }
 
 /// Creates an empty database on the server and returns its URL.
