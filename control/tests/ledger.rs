@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
+use keybrake_control::store::StoreError;
 use keybrake_control::wire::authorize_response::Verdict;
 use keybrake_control::wire::{price, Outcome, Price, SettleRequest};
 use support::{charge, Harness, START_US};
@@ -360,5 +361,56 @@ storage_test! {
         settle(&h, &call_id, Outcome::Responded, 200, r#"{"id":"in_2","amount_due":1000,"currency":"gbp"}"#).await;
         let spend = h.spend(&key).await;
         assert_eq!((spend.committed, spend.uncertain), (10_800_000, 10_800_000), "{}", h.name);
+    }
+}
+
+storage_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_state_or_stored_response_is_an_error_not_a_live_state(h) {
+        let key = h.key("corrupt", "POST /v1/charges", Some("100"), "").await;
+        let (pending, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 1000, "usd", "p")).await));
+        let (done, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 2000, "usd", "d")).await));
+        settle(&h, &done, Outcome::Responded, 200, r#"{"id":"ch_d","currency":"usd","amount":2000}"#).await;
+        let read_call = |id: &str| {
+            let (store, id) = (h.app.store.clone(), id.to_owned());
+            async move { store.write(move |l| l.call(&id).map(|_| ())).await }
+        };
+        let read_records = |id: &str| {
+            let (store, id) = (h.app.store.clone(), id.to_owned());
+            async move { store.write(move |l| l.idempotency_for_call(&id).map(|_| ())).await }
+        };
+        for (table, column, value) in
+            [("calls", "bucket", "reserved"), ("calls", "state", "pending"), ("idempotency", "state", "in_flight")]
+        {
+            h.raw_sql(&format!("UPDATE {table} SET {column} = 'bogus' WHERE call_id = '{pending}'")).await;
+            let read = if table == "calls" { read_call(&pending).await } else { read_records(&pending).await };
+            assert!(matches!(read, Err(StoreError::Corrupt(_))), "{}: {table}.{column}: {read:?}", h.name);
+            // Fail closed: the call cannot be settled from a row that does not decode.
+            let settled = h
+                .app
+                .settle(SettleRequest {
+                    call_id: pending.clone(),
+                    outcome: Outcome::Responded as i32,
+                    http_status: 200,
+                    body: br#"{"id":"ch_p","currency":"usd","amount":1000}"#.to_vec(),
+                    ..Default::default()
+                })
+                .await;
+            assert!(settled.is_err(), "{}: settled from a corrupt {table}.{column}", h.name);
+            let s = h.spend(&key).await;
+            assert_eq!((s.committed, s.reserved), (20_000_000, 10_000_000), "{}: {table}.{column}", h.name);
+            h.raw_sql(&format!("UPDATE {table} SET {column} = '{value}' WHERE call_id = '{pending}'")).await;
+            read_call(&pending).await.unwrap();
+            read_records(&pending).await.unwrap();
+        }
+        // Stored headers that do not decode are not replayed as none.
+        h.raw_sql(&format!("UPDATE idempotency SET headers = 'not json' WHERE call_id = '{done}'")).await;
+        let read = read_records(&done).await;
+        assert!(matches!(read, Err(StoreError::Corrupt(_))), "{}: headers: {read:?}", h.name);
+        assert!(
+            !matches!(verdict(&h, h.app.authorize(charge(&key, 2000, "usd", "d")).await), Verdict::Replay(_)),
+            "{}: replayed with headers that do not decode",
+            h.name
+        );
     }
 }

@@ -17,7 +17,7 @@ use keybrake_control::store::Store;
 use keybrake_control::wire::authorize_response::Verdict;
 use keybrake_control::wire::{Outcome, SettleRequest};
 use sha2::{Digest, Sha256};
-use support::{charge, fresh_database, harness_on, postgres_url, vault, Backend, Harness, TestKey, START_US};
+use support::{charge, fresh_database, harness_on, postgres_url, vault, Backend, Db, Harness, TestKey, START_US};
 
 /// The schema's migrations, embedded again so the test can stop at V1.
 mod schema {
@@ -228,19 +228,18 @@ async fn upgraded(backend: Backend) -> Option<Harness> {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("keybrake.db");
             sqlite_v1(&path, &data);
-            Some(harness_on("sqlite", Store::Sqlite(SqliteStore::open(&path).unwrap()), Some(dir)))
+            Some(harness_on(Store::Sqlite(SqliteStore::open(&path).unwrap()), Db::Sqlite(dir)))
         }
         Backend::Postgres => {
             let admin = postgres_url()?;
-            let store = tokio::task::spawn_blocking(move || {
+            let (store, url) = tokio::task::spawn_blocking(move || {
                 let url = fresh_database(&admin);
                 postgres_v1(&url, &data);
-                PgStore::open(&url)
+                (PgStore::open(&url).unwrap(), url)
             })
             .await
-            .unwrap()
             .unwrap();
-            Some(harness_on("postgres", Store::Postgres(store), None))
+            Some(harness_on(Store::Postgres(store), Db::Postgres(url)))
         }
     }
 }

@@ -12,7 +12,8 @@ use std::future::Future;
 use futures_util::future::Either;
 
 use crate::model::{
-    AuditEntry, AuditRow, Bucket, CallRow, CallState, FxRate, IdemRecord, KeyRecord, ObjectAmount, Spend,
+    AuditEntry, AuditRow, Bucket, CallRow, CallState, FxRate, IdemRecord, IdemState, KeyRecord, ObjectAmount, Spend,
+    StoredResponse,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,12 @@ pub(crate) const CALL_COLUMNS: &str =
 pub(crate) const IDEM_COLUMNS: &str =
     "account, op_key, fingerprint, endpoint, state, call_id, forwarded_key, created_at, \
     expires_at, lease_expires_at, status, headers, body";
+
+/// Every stored `calls.bucket`, `calls.state` and `idempotency.state`.
+pub(crate) const BUCKETS: [Bucket; 3] = [Bucket::Reserved, Bucket::Committed, Bucket::Uncertain];
+pub(crate) const CALL_STATES: [CallState; 5] =
+    [CallState::Pending, CallState::Committed, CallState::Released, CallState::Uncertain, CallState::Superseded];
+pub(crate) const IDEM_STATES: [IdemState; 3] = [IdemState::InFlight, IdemState::Done, IdemState::Uncertain];
 
 /// Which keys to list.
 #[derive(Debug, Clone, Default)]
@@ -260,6 +267,33 @@ pub fn hashes_from_text(text: &str) -> StoreResult<Vec<[u8; 32]>> {
                 .ok_or_else(|| StoreError::Corrupt("revocations.key_hashes".into()))
         })
         .collect()
+}
+
+/// The variant of `all` stored as `text`. Unknown text is corrupt, never read
+/// as some default (a live state would let a corrupt row be settled again).
+pub(crate) fn stored_variant<T: Copy>(
+    text: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    column: &str,
+) -> StoreResult<T> {
+    all.iter().copied().find(|v| name(*v) == text).ok_or_else(|| StoreError::Corrupt(column.to_owned()))
+}
+
+/// An idempotency record's stored response: a status comes with its headers
+/// and body, and headers that do not decode are corrupt, not empty.
+pub(crate) fn stored_response(
+    status: Option<i64>,
+    headers: Option<String>,
+    body: Option<Vec<u8>>,
+) -> StoreResult<Option<StoredResponse>> {
+    let Some(status) = status else { return Ok(None) };
+    let corrupt = |what: &str| StoreError::Corrupt(format!("idempotency.{what}"));
+    Ok(Some(StoredResponse {
+        status: u32::try_from(status).map_err(|_| corrupt("status"))?,
+        headers: headers.and_then(|h| serde_json::from_str(&h).ok()).ok_or_else(|| corrupt("headers"))?,
+        body: body.ok_or_else(|| corrupt("body"))?,
+    }))
 }
 
 /// The configured backend. Clones share the same connections.

@@ -13,13 +13,14 @@ use postgres::{GenericClient, NoTls, Row};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    hashes_from_text, hashes_to_text, AuditQuery, Dialect, KeyQuery, Ledger, RevokeSelector, SqlValue, StoreError,
-    StoreResult, CALL_COLUMNS, IDEM_COLUMNS, KEY_COLUMNS, KEY_INSERT_COLUMNS,
+    hashes_from_text, hashes_to_text, stored_response, stored_variant, AuditQuery, Dialect, KeyQuery, Ledger,
+    RevokeSelector, SqlValue, StoreError, StoreResult, BUCKETS, CALL_COLUMNS, CALL_STATES, IDEM_COLUMNS, IDEM_STATES,
+    KEY_COLUMNS, KEY_INSERT_COLUMNS,
 };
 use crate::audit::chain;
 use crate::model::{
     AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState, KeyRecord,
-    ObjectAmount, Spend, StoredResponse,
+    ObjectAmount, Spend,
 };
 
 mod migrations {
@@ -196,8 +197,8 @@ fn call_from_row(row: &Row) -> StoreResult<CallRow> {
         key_id: row.try_get(1).map_err(pg)?,
         day: row.try_get(2).map_err(pg)?,
         amount_micros: row.try_get(3).map_err(pg)?,
-        bucket: Bucket::parse(&bucket),
-        state: CallState::parse(&state),
+        bucket: stored_variant(&bucket, &BUCKETS, Bucket::as_str, "calls.bucket")?,
+        state: stored_variant(&state, &CALL_STATES, CallState::as_str, "calls.state")?,
         unpriced: row.try_get(6).map_err(pg)?,
         created_at: row.try_get(7).map_err(pg)?,
         lease_expires_at: row.try_get(8).map_err(pg)?,
@@ -215,17 +216,13 @@ fn idem_from_row(row: &Row) -> StoreResult<IdemRecord> {
         op_key: row.try_get(1).map_err(pg)?,
         fingerprint: row.try_get(2).map_err(pg)?,
         endpoint: row.try_get(3).map_err(pg)?,
-        state: IdemState::parse(&state),
+        state: stored_variant(&state, &IDEM_STATES, IdemState::as_str, "idempotency.state")?,
         call_id: row.try_get(5).map_err(pg)?,
         forwarded_key: row.try_get(6).map_err(pg)?,
         created_at: row.try_get(7).map_err(pg)?,
         expires_at: row.try_get(8).map_err(pg)?,
         lease_expires_at: row.try_get(9).map_err(pg)?,
-        response: status.map(|s| StoredResponse {
-            status: u32::try_from(s).unwrap_or(0),
-            headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
-            body: body.unwrap_or_default(),
-        }),
+        response: stored_response(status.map(i64::from), headers, body)?,
     })
 }
 

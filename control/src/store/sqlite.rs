@@ -14,13 +14,14 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
 use super::{
-    hashes_from_text, hashes_to_text, AuditQuery, Dialect, KeyQuery, Ledger, RevokeSelector, SqlValue, StoreError,
-    StoreResult, CALL_COLUMNS, IDEM_COLUMNS, KEY_COLUMNS, KEY_INSERT_COLUMNS,
+    hashes_from_text, hashes_to_text, stored_response, stored_variant, AuditQuery, Dialect, KeyQuery, Ledger,
+    RevokeSelector, SqlValue, StoreError, StoreResult, BUCKETS, CALL_COLUMNS, CALL_STATES, IDEM_COLUMNS, IDEM_STATES,
+    KEY_COLUMNS, KEY_INSERT_COLUMNS,
 };
 use crate::audit::chain::{self, GENESIS};
 use crate::model::{
     AuditEntry, AuditRow, Bucket, CallRow, CallState, DedupMode, FxRate, IdemRecord, IdemState, KeyRecord,
-    ObjectAmount, Spend, StoredResponse,
+    ObjectAmount, Spend,
 };
 
 mod migrations {
@@ -346,6 +347,11 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     })
 }
 
+/// A value that does not decode, as rusqlite reports it (`sql_error` makes it `Corrupt`).
+fn decode_error(e: StoreError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.to_string().into())
+}
+
 fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
     let bucket: String = row.get(4)?;
     let state: String = row.get(5)?;
@@ -355,8 +361,8 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
         key_id: row.get(1)?,
         day: row.get(2)?,
         amount_micros: row.get(3)?,
-        bucket: Bucket::parse(&bucket),
-        state: CallState::parse(&state),
+        bucket: stored_variant(&bucket, &BUCKETS, Bucket::as_str, "calls.bucket").map_err(decode_error)?,
+        state: stored_variant(&state, &CALL_STATES, CallState::as_str, "calls.state").map_err(decode_error)?,
         unpriced: row.get(6)?,
         created_at: row.get(7)?,
         lease_expires_at: row.get(8)?,
@@ -367,20 +373,13 @@ fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
 
 fn idem_from_row(row: &Row<'_>) -> rusqlite::Result<IdemRecord> {
     let state: String = row.get(4)?;
-    let status: Option<u32> = row.get(10)?;
-    let headers: Option<String> = row.get(11)?;
-    let body: Option<Vec<u8>> = row.get(12)?;
-    let response = status.map(|status| StoredResponse {
-        status,
-        headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
-        body: body.unwrap_or_default(),
-    });
+    let response = stored_response(row.get(10)?, row.get(11)?, row.get(12)?).map_err(decode_error)?;
     Ok(IdemRecord {
         account: row.get(0)?,
         op_key: row.get(1)?,
         fingerprint: row.get(2)?,
         endpoint: row.get(3)?,
-        state: IdemState::parse(&state),
+        state: stored_variant(&state, &IDEM_STATES, IdemState::as_str, "idempotency.state").map_err(decode_error)?,
         call_id: row.get(5)?,
         forwarded_key: row.get(6)?,
         created_at: row.get(7)?,

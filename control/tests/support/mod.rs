@@ -27,7 +27,15 @@ pub struct Harness {
     pub name: &'static str,
     pub app: Arc<App>,
     pub clock: Arc<ManualClock>,
-    _dir: Option<tempfile::TempDir>,
+    db: Db,
+}
+
+/// Where a harness's database is, for tests that write to it behind the store's back.
+pub enum Db {
+    /// The folder holding `keybrake.db`.
+    Sqlite(tempfile::TempDir),
+    /// The database's URL.
+    Postgres(String),
 }
 
 #[derive(Clone)]
@@ -46,10 +54,17 @@ fn app_on(store: Store) -> (Arc<App>, Arc<ManualClock>) {
     (Arc::new(app), clock)
 }
 
-/// A harness on a store opened by the test (e.g. a database it prepared).
-pub fn harness_on(name: &'static str, store: Store, dir: Option<tempfile::TempDir>) -> Harness {
+/// A harness on a store opened by the test on `db` (e.g. a database it prepared).
+pub fn harness_on(store: Store, db: Db) -> Harness {
     let (app, clock) = app_on(store);
-    Harness { name, app, clock, _dir: dir }
+    Harness { name: store_name(&db), app, clock, db }
+}
+
+fn store_name(db: &Db) -> &'static str {
+    match db {
+        Db::Sqlite(_) => "sqlite",
+        Db::Postgres(_) => "postgres",
+    }
 }
 
 /// A storage backend a test runs on.
@@ -76,13 +91,17 @@ pub async fn harness(backend: Backend) -> Option<Harness> {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::Sqlite(SqliteStore::open(&dir.path().join("keybrake.db")).unwrap());
-            Some(harness_on("sqlite", store, Some(dir)))
+            Some(harness_on(store, Db::Sqlite(dir)))
         }
         Backend::Postgres => {
-            let url = postgres_url()?;
-            let store =
-                tokio::task::spawn_blocking(move || PgStore::open(&fresh_database(&url))).await.unwrap().unwrap();
-            Some(harness_on("postgres", Store::Postgres(store), None))
+            let admin = postgres_url()?;
+            let (store, url) = tokio::task::spawn_blocking(move || {
+                let url = fresh_database(&admin);
+                (PgStore::open(&url).unwrap(), url)
+            })
+            .await
+            .unwrap();
+            Some(harness_on(Store::Postgres(store), Db::Postgres(url)))
         }
     }
 }
@@ -128,6 +147,26 @@ pub fn fresh_database(admin_url: &str) -> String {
 }
 
 impl Harness {
+    /// Runs one statement on the database directly, behind the store's back.
+    pub async fn raw_sql(&self, sql: &str) {
+        let sql = sql.to_owned();
+        match &self.db {
+            Db::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("keybrake.db")).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                conn.execute_batch(&sql).unwrap();
+            }
+            Db::Postgres(url) => {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || {
+                    postgres::Client::connect(&url, postgres::NoTls).unwrap().batch_execute(&sql).unwrap()
+                })
+                .await
+                .unwrap();
+            }
+        }
+    }
+
     /// Issues a key through the same validation as the admin API.
     pub async fn key(&self, label: &str, scope: &str, cap: Option<&str>, extra: &str) -> TestKey {
         let cap = cap.map(|c| format!(r#","daily_usd_cap":{c}"#)).unwrap_or_default();
