@@ -110,14 +110,6 @@ impl Bucket {
         }
     }
 
-    pub fn parse(text: &str) -> Bucket {
-        match text {
-            "committed" => Bucket::Committed,
-            "uncertain" => Bucket::Uncertain,
-            _ => Bucket::Reserved,
-        }
-    }
-
     pub fn column(self) -> &'static str {
         match self {
             Bucket::Reserved => "reserved_micros",
@@ -147,16 +139,6 @@ impl CallState {
             CallState::Released => "released",
             CallState::Uncertain => "uncertain",
             CallState::Superseded => "superseded",
-        }
-    }
-
-    pub fn parse(text: &str) -> CallState {
-        match text {
-            "committed" => CallState::Committed,
-            "released" => CallState::Released,
-            "uncertain" => CallState::Uncertain,
-            "superseded" => CallState::Superseded,
-            _ => CallState::Pending,
         }
     }
 }
@@ -191,14 +173,6 @@ impl IdemState {
             IdemState::InFlight => "in_flight",
             IdemState::Done => "done",
             IdemState::Uncertain => "uncertain",
-        }
-    }
-
-    pub fn parse(text: &str) -> IdemState {
-        match text {
-            "done" => IdemState::Done,
-            "uncertain" => IdemState::Uncertain,
-            _ => IdemState::InFlight,
         }
     }
 }

@@ -7,9 +7,10 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
+use keybrake_control::store::StoreError;
 use keybrake_control::wire::authorize_response::Verdict;
 use keybrake_control::wire::{price, Outcome, Price, SettleRequest};
-use support::{backends, charge, Harness, START_US};
+use support::{charge, Harness, START_US};
 
 fn verdict(h: &Harness, r: keybrake_control::wire::AuthorizeResponse) -> Verdict {
     let _ = h;
@@ -43,9 +44,9 @@ async fn settle(h: &Harness, call_id: &str, outcome: Outcome, status: u32, body:
         .expect("settled");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_reservations_never_exceed_the_cap() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_reservations_never_exceed_the_cap(h) {
         let key = h.key("cohort", "POST /v1/charges", Some("1000"), r#""dedup":"idempotency_key""#).await;
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -67,9 +68,9 @@ async fn concurrent_reservations_never_exceed_the_cap() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_same_operation_arriving_at_once_goes_out_once() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_same_operation_arriving_at_once_goes_out_once(h) {
         let key = h.key("at-once", "POST /v1/charges", Some("1000"), "").await;
         for round in 0..5 {
             // Same content, each with its own caller key (the SDKs' random ones).
@@ -93,9 +94,9 @@ async fn the_same_operation_arriving_at_once_goes_out_once() {
     }
 }
 
-#[tokio::test]
-async fn settlement_commits_releases_or_marks_uncertain() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn settlement_commits_releases_or_marks_uncertain(h) {
         let key = h.key("settle", "POST /v1/charges", Some("100"), "").await;
         let (ok, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 2000, "usd", "a")).await));
         let (declined, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 3000, "usd", "b")).await));
@@ -110,9 +111,9 @@ async fn settlement_commits_releases_or_marks_uncertain() {
     }
 }
 
-#[tokio::test]
-async fn the_same_operation_is_one_operation() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn the_same_operation_is_one_operation(h) {
         let key = h.key("dedup", "POST /v1/charges", Some("100"), "").await;
         let first = charge(&key, 1500, "usd", "caller-1");
         let (call, forwarded) = allowed_call(verdict(&h, h.app.authorize(first.clone()).await));
@@ -140,9 +141,9 @@ async fn the_same_operation_is_one_operation() {
     }
 }
 
-#[tokio::test]
-async fn a_retry_of_an_uncertain_call_reuses_its_key_and_its_amount() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn a_retry_of_an_uncertain_call_reuses_its_key_and_its_amount(h) {
         let key = h.key("uncertain", "POST /v1/charges", Some("100"), "").await;
         let req = charge(&key, 5000, "usd", "");
         let (first, forwarded) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
@@ -158,9 +159,9 @@ async fn a_retry_of_an_uncertain_call_reuses_its_key_and_its_amount() {
     }
 }
 
-#[tokio::test]
-async fn a_lost_lease_counts_as_uncertain_and_a_lost_answer_is_released() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn a_lost_lease_counts_as_uncertain_and_a_lost_answer_is_released(h) {
         let key = h.key("lease", "POST /v1/charges", Some("100"), "").await;
         let (forgotten, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 1000, "usd", "x")).await));
         let mut unanswered = charge(&key, 2000, "usd", "y");
@@ -177,9 +178,9 @@ async fn a_lost_lease_counts_as_uncertain_and_a_lost_answer_is_released() {
     }
 }
 
-#[tokio::test]
-async fn caps_reset_each_utc_day() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn caps_reset_each_utc_day(h) {
         let key = h.key("daily", "POST /v1/charges", Some("10"), r#""expires_in_seconds":172800"#).await;
         allowed_call(verdict(&h, h.app.authorize(charge(&key, 1000, "usd", "d1")).await));
         assert_eq!(denied_code(verdict(&h, h.app.authorize(charge(&key, 1, "usd", "d2")).await)), "spend_cap_exceeded");
@@ -188,9 +189,9 @@ async fn caps_reset_each_utc_day() {
     }
 }
 
-#[tokio::test]
-async fn unpriced_object_and_fx_pricing() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn unpriced_object_and_fx_pricing(h) {
         let key = h.key("pricing", "POST /v1/payment_intents/*/confirm", Some("100"), "").await;
         let mut confirm = charge(&key, 0, "", "");
         confirm.path = "/v1/payment_intents/pi_1/confirm".into();
@@ -205,9 +206,9 @@ async fn unpriced_object_and_fx_pricing() {
     }
 }
 
-#[tokio::test]
-async fn the_audit_chain_records_every_decision_and_verifies() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn the_audit_chain_records_every_decision_and_verifies(h) {
         let key = h.key("audit", "POST /v1/charges", Some("15"), "").await;
         let (call, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 1000, "usd", "a1")).await));
         settle(&h, &call, Outcome::Responded, 200, r#"{"id":"ch_a","currency":"usd","amount":1000}"#).await;
@@ -221,10 +222,10 @@ async fn the_audit_chain_records_every_decision_and_verifies() {
     }
 }
 
-#[tokio::test]
-async fn records_end_after_the_dedup_window_and_their_time_to_live() {
-    const S: i64 = 1_000_000;
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn records_end_after_the_dedup_window_and_their_time_to_live(h) {
+        const S: i64 = 1_000_000;
         let extra = r#""dedup_window_seconds":600,"expires_in_seconds":172800"#;
         let key = h.key("window", "POST /v1/charges", Some("1000"), extra).await;
         let (call, first_key) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 100, "usd", "k1")).await));
@@ -255,9 +256,9 @@ async fn records_end_after_the_dedup_window_and_their_time_to_live() {
     }
 }
 
-#[tokio::test]
-async fn a_callers_key_reused_on_another_endpoint_is_refused() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn a_callers_key_reused_on_another_endpoint_is_refused(h) {
         let key = h.key("endpoint", "POST /v1/*", Some("100"), r#""dedup":"idempotency_key""#).await;
         let first = charge(&key, 100, "usd", "same-key");
         let (call, _) = allowed_call(verdict(&h, h.app.authorize(first.clone()).await));
@@ -269,9 +270,9 @@ async fn a_callers_key_reused_on_another_endpoint_is_refused() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_sessions_expire_end_at_logout_and_are_purged() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn console_sessions_expire_end_at_logout_and_are_purged(h) {
         let (a, b) = ([1u8; 32], [2u8; 32]);
         let now = START_US / 1_000_000;
         h.app.store.write(move |l| l.insert_session(&a, "csrf-a", now + 10)).await.unwrap();
@@ -292,9 +293,9 @@ async fn console_sessions_expire_end_at_logout_and_are_purged() {
     }
 }
 
-#[tokio::test]
-async fn an_answer_that_moved_more_than_priced_suspends_the_key_and_counts_what_moved() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn an_answer_that_moved_more_than_priced_suspends_the_key_and_counts_what_moved(h) {
         let key = h.key("mismatch", "POST /v1/charges", Some("30"), "").await;
         let (call_id, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 100, "usd", "a")).await));
         settle(&h, &call_id, Outcome::Responded, 200, r#"{"id":"ch_1","amount":100000,"currency":"usd"}"#).await;
@@ -335,9 +336,9 @@ async fn an_answer_that_moved_more_than_priced_suspends_the_key_and_counts_what_
     }
 }
 
-#[tokio::test]
-async fn unpriced_calls_count_at_their_currencys_rate_or_an_upper_bound() {
-    for h in backends().await {
+storage_test! {
+    #[tokio::test]
+    async fn unpriced_calls_count_at_their_currencys_rate_or_an_upper_bound(h) {
         let rate = keybrake_control::model::FxRate {
             currency: "eur".into(),
             usd_per_unit: "1.08".into(),
@@ -360,5 +361,56 @@ async fn unpriced_calls_count_at_their_currencys_rate_or_an_upper_bound() {
         settle(&h, &call_id, Outcome::Responded, 200, r#"{"id":"in_2","amount_due":1000,"currency":"gbp"}"#).await;
         let spend = h.spend(&key).await;
         assert_eq!((spend.committed, spend.uncertain), (10_800_000, 10_800_000), "{}", h.name);
+    }
+}
+
+storage_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_state_or_stored_response_is_an_error_not_a_live_state(h) {
+        let key = h.key("corrupt", "POST /v1/charges", Some("100"), "").await;
+        let (pending, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 1000, "usd", "p")).await));
+        let (done, _) = allowed_call(verdict(&h, h.app.authorize(charge(&key, 2000, "usd", "d")).await));
+        settle(&h, &done, Outcome::Responded, 200, r#"{"id":"ch_d","currency":"usd","amount":2000}"#).await;
+        let read_call = |id: &str| {
+            let (store, id) = (h.app.store.clone(), id.to_owned());
+            async move { store.write(move |l| l.call(&id).map(|_| ())).await }
+        };
+        let read_records = |id: &str| {
+            let (store, id) = (h.app.store.clone(), id.to_owned());
+            async move { store.write(move |l| l.idempotency_for_call(&id).map(|_| ())).await }
+        };
+        for (table, column, value) in
+            [("calls", "bucket", "reserved"), ("calls", "state", "pending"), ("idempotency", "state", "in_flight")]
+        {
+            h.raw_sql(&format!("UPDATE {table} SET {column} = 'bogus' WHERE call_id = '{pending}'")).await;
+            let read = if table == "calls" { read_call(&pending).await } else { read_records(&pending).await };
+            assert!(matches!(read, Err(StoreError::Corrupt(_))), "{}: {table}.{column}: {read:?}", h.name);
+            // Fail closed: the call cannot be settled from a row that does not decode.
+            let settled = h
+                .app
+                .settle(SettleRequest {
+                    call_id: pending.clone(),
+                    outcome: Outcome::Responded as i32,
+                    http_status: 200,
+                    body: br#"{"id":"ch_p","currency":"usd","amount":1000}"#.to_vec(),
+                    ..Default::default()
+                })
+                .await;
+            assert!(settled.is_err(), "{}: settled from a corrupt {table}.{column}", h.name);
+            let s = h.spend(&key).await;
+            assert_eq!((s.committed, s.reserved), (20_000_000, 10_000_000), "{}: {table}.{column}", h.name);
+            h.raw_sql(&format!("UPDATE {table} SET {column} = '{value}' WHERE call_id = '{pending}'")).await;
+            read_call(&pending).await.unwrap();
+            read_records(&pending).await.unwrap();
+        }
+        // Stored headers that do not decode are not replayed as none.
+        h.raw_sql(&format!("UPDATE idempotency SET headers = 'not json' WHERE call_id = '{done}'")).await;
+        let read = read_records(&done).await;
+        assert!(matches!(read, Err(StoreError::Corrupt(_))), "{}: headers: {read:?}", h.name);
+        assert!(
+            !matches!(verdict(&h, h.app.authorize(charge(&key, 2000, "usd", "d")).await), Verdict::Replay(_)),
+            "{}: replayed with headers that do not decode",
+            h.name
+        );
     }
 }

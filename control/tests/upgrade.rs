@@ -17,7 +17,7 @@ use keybrake_control::store::Store;
 use keybrake_control::wire::authorize_response::Verdict;
 use keybrake_control::wire::{Outcome, SettleRequest};
 use sha2::{Digest, Sha256};
-use support::{charge, fresh_database, harness_on, vault, Harness, TestKey, START_US};
+use support::{charge, fresh_database, harness_on, postgres_url, vault, Backend, Db, Harness, TestKey, START_US};
 
 /// The schema's migrations, embedded again so the test can stop at V1.
 mod schema {
@@ -220,33 +220,35 @@ fn postgres_v1(url: &str, data: &OldData) {
     client.execute("UPDATE audit_head SET seq = $1, hash = $2", &[&data.head.0, &data.head.1]).unwrap();
 }
 
-/// A V1 database of every configured backend, opened (and so upgraded) by today's store.
-async fn upgraded(data: &OldData) -> Vec<Harness> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keybrake.db");
-    sqlite_v1(&path, data);
-    let mut out = vec![harness_on("sqlite", Store::Sqlite(SqliteStore::open(&path).unwrap()), Some(dir))];
-    if let Some(admin) = std::env::var("KEYBRAKE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        let data = data.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            let url = fresh_database(&admin);
-            postgres_v1(&url, &data);
-            PgStore::open(&url)
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        out.push(harness_on("postgres", Store::Postgres(store), None));
-    } else if std::env::var("KEYBRAKE_REQUIRE_POSTGRES").is_ok() {
-        panic!("KEYBRAKE_REQUIRE_POSTGRES is set but KEYBRAKE_TEST_DATABASE_URL is not");
+/// A V1 database of `backend`, opened (and so upgraded) by today's store.
+async fn upgraded(backend: Backend) -> Option<Harness> {
+    let data = old_data();
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keybrake.db");
+            sqlite_v1(&path, &data);
+            Some(harness_on(Store::Sqlite(SqliteStore::open(&path).unwrap()), Db::Sqlite(dir)))
+        }
+        Backend::Postgres => {
+            let admin = postgres_url()?;
+            let (store, url) = tokio::task::spawn_blocking(move || {
+                let url = fresh_database(&admin);
+                postgres_v1(&url, &data);
+                (PgStore::open(&url).unwrap(), url)
+            })
+            .await
+            .unwrap();
+            Some(harness_on(Store::Postgres(store), Db::Postgres(url)))
+        }
     }
-    out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v1_database_keeps_its_spend_records_and_chain_after_the_upgrade() {
-    let data = old_data();
-    for h in upgraded(&data).await {
+storage_test! {
+    using upgraded;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_v1_database_keeps_its_spend_records_and_chain_after_the_upgrade(h) {
+        let data = old_data();
         let name = h.name;
         let report = audit::verify(&h.app.store).await.unwrap();
         assert!(report.ok, "{name}: the old chain verifies after the upgrade: {:?}", report.reason);

@@ -27,7 +27,15 @@ pub struct Harness {
     pub name: &'static str,
     pub app: Arc<App>,
     pub clock: Arc<ManualClock>,
-    _dir: Option<tempfile::TempDir>,
+    db: Db,
+}
+
+/// Where a harness's database is, for tests that write to it behind the store's back.
+pub enum Db {
+    /// The folder holding `keybrake.db`.
+    Sqlite(tempfile::TempDir),
+    /// The database's URL.
+    Postgres(String),
 }
 
 #[derive(Clone)]
@@ -46,27 +54,85 @@ fn app_on(store: Store) -> (Arc<App>, Arc<ManualClock>) {
     (Arc::new(app), clock)
 }
 
-/// A harness on a store opened by the test (e.g. a database it prepared).
-pub fn harness_on(name: &'static str, store: Store, dir: Option<tempfile::TempDir>) -> Harness {
+/// A harness on a store opened by the test on `db` (e.g. a database it prepared).
+pub fn harness_on(store: Store, db: Db) -> Harness {
     let (app, clock) = app_on(store);
-    Harness { name, app, clock, _dir: dir }
+    Harness { name: store_name(&db), app, clock, db }
 }
 
-/// One harness per backend configured for tests: SQLite always, PostgreSQL
-/// when `KEYBRAKE_TEST_DATABASE_URL` names a server (each harness gets a fresh database).
-pub async fn backends() -> Vec<Harness> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::Sqlite(SqliteStore::open(&dir.path().join("keybrake.db")).unwrap());
-    let (app, clock) = app_on(store);
-    let mut out = vec![Harness { name: "sqlite", app, clock, _dir: Some(dir) }];
-    if let Some(url) = std::env::var("KEYBRAKE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        let store = tokio::task::spawn_blocking(move || PgStore::open(&fresh_database(&url))).await.unwrap().unwrap();
-        let (app, clock) = app_on(Store::Postgres(store));
-        out.push(Harness { name: "postgres", app, clock, _dir: None });
-    } else if std::env::var("KEYBRAKE_REQUIRE_POSTGRES").is_ok() {
+fn store_name(db: &Db) -> &'static str {
+    match db {
+        Db::Sqlite(_) => "sqlite",
+        Db::Postgres(_) => "postgres",
+    }
+}
+
+/// A storage backend a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server for tests, from `KEYBRAKE_TEST_DATABASE_URL`. Without
+/// one, PostgreSQL tests pass without running, unless `KEYBRAKE_REQUIRE_POSTGRES`
+/// is set: then a missing server is a failure.
+pub fn postgres_url() -> Option<String> {
+    let url = std::env::var("KEYBRAKE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty());
+    if url.is_none() && std::env::var("KEYBRAKE_REQUIRE_POSTGRES").is_ok() {
         panic!("KEYBRAKE_REQUIRE_POSTGRES is set but KEYBRAKE_TEST_DATABASE_URL is not");
     }
-    out
+    url
+}
+
+/// A harness on a fresh store of `backend`; `None` when PostgreSQL is not configured.
+pub async fn harness(backend: Backend) -> Option<Harness> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::Sqlite(SqliteStore::open(&dir.path().join("keybrake.db")).unwrap());
+            Some(harness_on(store, Db::Sqlite(dir)))
+        }
+        Backend::Postgres => {
+            let admin = postgres_url()?;
+            let (store, url) = tokio::task::spawn_blocking(move || {
+                let url = fresh_database(&admin);
+                (PgStore::open(&url).unwrap(), url)
+            })
+            .await
+            .unwrap();
+            Some(harness_on(Store::Postgres(store), Db::Postgres(url)))
+        }
+    }
+}
+
+/// Defines a storage test once and runs it as one named test per backend:
+/// `name::sqlite` and `name::postgres`, so that a failure on one cannot hide
+/// the other's result. The body gets a [`Harness`] (named in the parentheses) from [`harness`],
+/// or from the constructor named after `using` (a [`Backend`] in, an `Option`
+/// out; `None` passes the test without running it).
+#[macro_export]
+macro_rules! storage_test {
+    ($(#[$attr:meta])* async fn $name:ident($h:ident) $body:block) => {
+        $crate::storage_test! { using $crate::support::harness; $(#[$attr])* async fn $name($h) $body }
+    };
+    (using $make:path; $(#[$attr:meta])* async fn $name:ident($h:ident) $body:block) => {
+        async fn $name(backend: $crate::support::Backend) {
+            if let Some($h) = $make(backend).await $body
+        }
+
+        mod $name {
+            $(#[$attr])*
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await
+            }
+
+            $(#[$attr])*
+            async fn postgres() {
+                super::$name($crate::support::Backend::Postgres).await
+            }
+        }
+    };
 }
 
 /// Creates an empty database on the server and returns its URL.
@@ -81,6 +147,26 @@ pub fn fresh_database(admin_url: &str) -> String {
 }
 
 impl Harness {
+    /// Runs one statement on the database directly, behind the store's back.
+    pub async fn raw_sql(&self, sql: &str) {
+        let sql = sql.to_owned();
+        match &self.db {
+            Db::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("keybrake.db")).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                conn.execute_batch(&sql).unwrap();
+            }
+            Db::Postgres(url) => {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || {
+                    postgres::Client::connect(&url, postgres::NoTls).unwrap().batch_execute(&sql).unwrap()
+                })
+                .await
+                .unwrap();
+            }
+        }
+    }
+
     /// Issues a key through the same validation as the admin API.
     pub async fn key(&self, label: &str, scope: &str, cap: Option<&str>, extra: &str) -> TestKey {
         let cap = cap.map(|c| format!(r#","daily_usd_cap":{c}"#)).unwrap_or_default();
