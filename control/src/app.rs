@@ -243,9 +243,14 @@ impl App {
     }
 
     /// A key by hash: from the cache, else from the store (then cached).
+    /// Cached only while this replica keeps up with the revocation log
+    /// ([`crate::revocation::CACHE_TRUST`]): a replica that was paused past
+    /// the revokers' patience must not decide from what it cached before.
     async fn key(&self, hash: [u8; 32]) -> StoreResult<Option<KeyRecord>> {
-        if let Some(key) = self.keys.get(&hash) {
-            return Ok(Some(key));
+        if self.revocations.in_sync(crate::revocation::CACHE_TRUST) {
+            if let Some(key) = self.keys.get(&hash) {
+                return Ok(Some(key));
+            }
         }
         let key = self.store.read(move |l| l.key_by_hash(&hash)).await?;
         if let Some(k) = &key {

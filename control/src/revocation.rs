@@ -21,6 +21,11 @@ use crate::wire::Revocation;
 
 /// How long a watcher may lag behind before it is disconnected.
 const ACK_DEADLINE: Duration = Duration::from_secs(1);
+/// How recently this replica must have read the revocation log to decide from
+/// its key cache: well inside LIVE_WINDOW_MS, after which a revoker stops
+/// waiting for a replica it has not heard from (paused, partitioned, swapped
+/// out). Past it, keys are read from the store.
+pub const CACHE_TRUST: Duration = Duration::from_secs(1);
 /// Replicas heard from within this are waited for.
 const LIVE_WINDOW_MS: i64 = 3_000;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
@@ -56,6 +61,8 @@ pub struct Revocations {
     watchers: Mutex<HashMap<u64, Watcher>>,
     next_id: AtomicU64,
     wake: Notify,
+    /// When the relay last read the revocation log.
+    synced: Mutex<Option<Instant>>,
 }
 
 impl Revocations {
@@ -68,6 +75,7 @@ impl Revocations {
             watchers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             wake: Notify::new(),
+            synced: Mutex::new(None),
         }
     }
 
@@ -125,6 +133,18 @@ impl Revocations {
         self.relayed.fetch_max(generation, Ordering::SeqCst);
     }
 
+    /// Whether the relay read the revocation log within `within`: only then
+    /// may keys be decided from this replica's cache.
+    pub fn in_sync(&self, within: Duration) -> bool {
+        self.synced.lock().ok().and_then(|s| *s).is_some_and(|at| at.elapsed() < within)
+    }
+
+    fn mark_synced(&self, at: Instant) {
+        if let Ok(mut s) = self.synced.lock() {
+            *s = Some(at);
+        }
+    }
+
     /// Asks the relay to look at the log now.
     pub fn poke(&self) {
         self.wake.notify_one();
@@ -163,6 +183,7 @@ pub async fn relay(app: Arc<App>) {
     loop {
         let _ = tokio::time::timeout(Duration::from_millis(20), hub.wake.notified()).await;
         let after = hub.generation();
+        let reading = Instant::now();
         match store.read(move |l| l.revocations_after(after, 256)).await {
             Ok(rows) => {
                 for (generation, hashes) in rows {
@@ -174,6 +195,8 @@ pub async fn relay(app: Arc<App>) {
                         key_hashes: hashes.iter().map(|h| h.to_vec()).collect(),
                     });
                 }
+                // In sync as of the read's start: a revocation committed after it is not seen yet.
+                hub.mark_synced(reading);
             }
             Err(e) => tracing::warn!(error = %e, "revocation relay: cannot read the log"),
         }
@@ -239,5 +262,15 @@ mod tests {
         assert_eq!(hub.acked_by_all(), 7, "laggards are dropped, not waited for");
         assert_eq!(hub.watcher_count(), 0);
         assert!(a.kicked.try_recv().is_ok());
+    }
+
+    #[test]
+    fn the_cache_is_trusted_only_right_after_a_read_of_the_log() {
+        let hub = Revocations::new("r1".into(), 0);
+        assert!(!hub.in_sync(CACHE_TRUST), "never read: not in sync");
+        hub.mark_synced(Instant::now());
+        assert!(hub.in_sync(CACHE_TRUST));
+        hub.mark_synced(Instant::now() - CACHE_TRUST * 2);
+        assert!(!hub.in_sync(CACHE_TRUST), "a replica that was paused or starved decides from the store");
     }
 }

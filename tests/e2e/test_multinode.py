@@ -3,6 +3,7 @@ PostgreSQL. Caps, idempotency and the audit chain hold across all of them,
 because the database's own atomicity decides, not any one process."""
 import os
 import re
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -171,3 +172,41 @@ def test_a_suspension_at_one_gateway_stops_the_key_at_every_gateway(cluster):
                          headers={"Authorization": f"Bearer {key['vault_key']}"})
         assert read.status_code == 401, (envoy, read.text)
     assert len(cluster.upstream_requests(method="POST", path="/v1/charges")) == 1
+
+
+def test_a_replica_paused_through_a_revocation_does_not_decide_from_its_stale_cache(cluster):
+    """Found by the chaos run: a replica frozen (SIGSTOP) longer than the
+    revokers wait for a silent replica missed the revocation; resumed, it
+    decided the calls queued meanwhile from the key it had cached before. A
+    replica now decides from its cache only while it keeps up with the
+    revocation log."""
+    key = cluster.issue_key(label="multi-paused", daily_usd_cap=100000)
+    for i in range(8):  # both replicas cache the key (Envoy spreads calls over them)
+        assert charge(cluster, i % 2, key["vault_key"], f"cus_warm_{i}").status_code == 200
+    paused = cluster.procs["control1"]
+    paused.popen.send_signal(signal.SIGSTOP)
+    codes: list[int] = []
+    try:
+        revoked = httpx.delete(f"http://127.0.0.1:{cluster.http_ports[0]}/admin/vault_keys/{key['id']}",
+                               headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+        assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+        cluster.kill("control0")  # from now on Envoy can only reach the replica that was paused
+        before = len(cluster.upstream_requests(method="POST", path="/v1/charges"))
+        # Calls that queue at the frozen replica, decided the moment it resumes.
+        threads = [threading.Thread(target=lambda i=i: codes.append(
+            charge(cluster, i % 2, key["vault_key"], f"cus_after_{i}").status_code)) for i in range(8)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: sum(_active_control_requests(cluster, e) for e in (0, 1)) >= 4, what="calls queued")
+    finally:
+        paused.popen.send_signal(signal.SIGCONT)
+    for t in threads:
+        t.join()
+    assert set(codes) <= {401, 503} and 401 in codes, codes
+    assert len(cluster.upstream_requests(method="POST", path="/v1/charges")) == before, "nothing forwarded"
+
+
+def _active_control_requests(cluster, envoy: int) -> int:
+    stats = httpx.get(f"http://127.0.0.1:{cluster.admin_ports[envoy]}/stats?filter=keybrake_control.upstream_rq_active",
+                      timeout=5).text
+    return sum(int(line.rsplit(" ", 1)[1]) for line in stats.splitlines() if line.strip())
