@@ -47,6 +47,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::path::normalize;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn fp(path: &str, account: &str, body: &str) -> String {
         fingerprint(Method::Post, &normalize(path).unwrap(), account, &FormParams::parse(body.as_bytes()).unwrap())
