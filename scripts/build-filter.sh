@@ -38,12 +38,16 @@ wasm_cargo() {
   scripts/setup.sh wasm >&2
   echo "[build-filter] $(/usr/bin/rustc -V) (Debian's rustc-web: rustup has no Rust $channel" \
        "with the wasm32 target here)" >&2
-  local wrapper=() std=std,panic_abort
+  local wrapper=() std=std,panic_abort args=() lints=""
   if [ "$sub" = clippy ]; then
-    # Debian's clippy-driver, called directly: rustup's cargo-clippy would pick rustup's sysroot.
+    # Debian's clippy-driver, called directly: rustup's cargo-clippy would pick rustup's
+    # sysroot. What follows `--` goes to it through CLIPPY_ARGS (cargo check takes none).
     sub=check
-    wrapper=(RUSTC_WORKSPACE_WRAPPER=/usr/bin/clippy-driver
-             CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__")
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do args+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    for a in "$@"; do lints+="$a"__CLIPPY_HACKERY__; done
+    set -- "${args[@]}"
+    wrapper=(RUSTC_WORKSPACE_WRAPPER=/usr/bin/clippy-driver CLIPPY_ARGS="$lints")
   fi
   # A test binary links libtest as well.
   [ "$sub" = test ] && std=std,panic_abort,test
