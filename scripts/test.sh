@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Keybrake's test command (what CI runs): set-up, formatting, lints (native and
-# wasm), unit and property tests, a short fuzzing run, then the end-to-end tests against a real
-# Envoy, the real control service and a Stripe stand-in, all on loopback.
+# wasm), the built filter in an in-process proxy-wasm host and the shared crate's
+# tests on wasm32, unit and property tests, a short fuzzing run, then the
+# end-to-end tests against a real Envoy, the real control service and a Stripe
+# stand-in, all on loopback.
 #   scripts/test.sh              everything
 #   scripts/test.sh -k charge    extra arguments go to pytest
 set -euo pipefail
@@ -36,6 +38,10 @@ step "clippy (native)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "clippy (wasm32)"
 scripts/build-filter.sh --clippy
+step "the filter built, and keybrake-core's tests on wasm32 under Node"
+# The .wasm Envoy loads: the unit tests below drive it in an in-process proxy-wasm host (filter-host, wasmi).
+scripts/build-filter.sh >/dev/null
+scripts/build-filter.sh --core-tests
 step "PostgreSQL (a throwaway cluster on loopback)"
 pg_url=$(scripts/pg-cluster.sh start)
 pg_started=1

@@ -194,7 +194,11 @@ impl Flow {
             host.log_warn("keybrake: the request body could not be replaced; refusing the call");
             return self.refuse(host, Refusal::BodyNotReplaced);
         }
-        let call_id = host.new_call_id();
+        let Some(call_id) = host.new_call_id() else {
+            // Never an id another call may hold: that call's settlement would settle this one.
+            host.log_warn("keybrake: no call id could be made; refusing the call");
+            return self.refuse(host, Refusal::NoCallId);
+        };
         // Reads with a key this worker knows are decided here, without a round trip.
         let stateless = !pricing::holds_state(
             incoming.method,

@@ -468,3 +468,24 @@ fn a_body_the_host_will_not_replace_is_not_forwarded() {
     assert!(host.dispatched.is_empty());
     assert_eq!(host.local_reply.as_ref().map(|r| r.0), Some(500));
 }
+
+#[test]
+fn a_call_without_an_id_of_its_own_is_refused_with_503() {
+    let (mut flow, mut host, outbox) = setup("POST", "/stripe/v1/charges", &[FORM]);
+    host.no_call_ids = true;
+    host.request_body = b"amount=1&currency=usd".to_vec();
+    assert_eq!(flow.on_request_headers(&mut host, false), Step::Pause);
+    assert_eq!(flow.on_request_body(&mut host, 21, true), Step::Pause);
+    assert!(host.dispatched.is_empty(), "nothing asked, nothing forwarded");
+    assert_eq!(host.resumed_request, 0);
+    let (status, headers, _) = host.local_reply.clone().unwrap();
+    assert_eq!(status, 503);
+    assert!(headers.contains(&("stripe-should-retry".into(), "true".into())));
+    assert_eq!(host.reply_json()["error"]["type"], "api_error");
+    assert_eq!(host.reply_json()["error"]["code"], "keybrake_unavailable");
+    assert_eq!(host.warnings.borrow().len(), 1);
+    flow.on_log(&mut host);
+    let batch = outbox.borrow_mut().take_batch(10).unwrap();
+    assert_eq!((batch.records[0].decision.as_str(), batch.records[0].call_id.as_str()), ("denied", ""));
+    assert!(batch.orphaned_settlements.is_empty(), "nothing was reserved");
+}

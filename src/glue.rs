@@ -1,25 +1,23 @@
-//! The proxy-wasm glue: Envoy's callbacks in, [`Host`] calls out. No decisions
-//! here; every hostcall error is handled (the SDK's trait defaults `unwrap`,
-//! and a panic in the filter is a crashed VM in Envoy).
+//! The proxy-wasm glue: Envoy's callbacks in, [`Host`] and [`RootHost`] calls
+//! out. No decisions here: the request flow is [`Flow`], the root context is
+//! [`Root`], both plain code tested natively. Every hostcall error is handled
+//! (the SDK's trait defaults `unwrap`, and a panic in the filter is a crashed
+//! VM in Envoy). Logs go through the `log` crate, which proxy-wasm's logger
+//! sends to the host.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use prost::Message;
 use proxy_wasm::hostcalls as hc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType, MetricType};
 
-use crate::backoff::Backoff;
-use crate::config::FilterConfig;
 use crate::flow::Flow;
-use crate::host::{Counter, Host, Rpc, Step, SERVICE};
+use crate::host::{Counter, Host, RootHost, Rpc, Step, SERVICE};
 use crate::ids::CallIds;
-use crate::key_cache::KeyCache;
-use crate::outbox::Outbox;
-use crate::wire::{CallRecordBatch, Revocation, WatchRequest};
+use crate::root::Root;
 
 #[allow(unsafe_code)] // WASI's `random_get`, imported by hand: one call, into a buffer we own.
 mod entropy {
@@ -41,13 +39,13 @@ mod entropy {
 
 #[allow(unsafe_code)] // `main!` exports `_initialize` with `#[no_mangle]`.
 mod entry {
-    use super::Root;
+    use super::RootGlue;
     use proxy_wasm::traits::RootContext;
     use proxy_wasm::types::LogLevel;
 
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RootGlue::default()) });
     }}
 }
 
@@ -104,224 +102,113 @@ fn counter_name(counter: Counter) -> &'static str {
     }
 }
 
-/// The per-worker root context: configuration, metrics, and the outbox drain.
+/// The root context: proxy-wasm's root callbacks, handed to [`Root`].
 #[derive(Default)]
-struct Root {
-    config: Rc<FilterConfig>,
-    outbox: Rc<RefCell<Outbox>>,
-    metrics: Rc<RefCell<Metrics>>,
-    ids: Rc<RefCell<CallIds>>,
-    cache: Rc<RefCell<KeyCache>>,
-    in_flight: Option<(u32, CallRecordBatch)>,
-    /// After a failed delivery, wait before the next (the control service may be struggling).
-    backoff: Backoff,
-    reported_drops: u64,
-    /// The open revocation stream, and when the last attempt to open one was made.
-    watch: Option<u32>,
-    watch_tried_at: Option<u64>,
+struct RootGlue {
+    root: Root,
+    host: EnvoyRoot,
 }
 
-impl Root {
-    /// Sends one batch from the outbox, if none is in flight.
-    fn flush(&mut self) {
-        if self.in_flight.is_some() || !self.backoff.ready(now_millis()) {
-            return;
-        }
-        let Ok(mut outbox) = self.outbox.try_borrow_mut() else {
-            return;
-        };
-        for _ in self.reported_drops..outbox.dropped {
-            if let Ok(mut m) = self.metrics.try_borrow_mut() {
-                m.add(Counter::AuditDropped, 1);
-            }
-        }
-        self.reported_drops = outbox.dropped;
-        let Some(batch) = outbox.take_batch(self.config.audit_batch_size) else {
-            return;
-        };
-        let bytes = batch.encode_to_vec();
-        let timeout = Duration::from_millis(self.config.settle_timeout_ms);
-        match hc::dispatch_grpc_call(
-            &self.config.control_cluster,
-            SERVICE,
-            Rpc::RecordCalls.method(),
-            vec![],
-            Some(&bytes),
-            timeout,
-        ) {
-            Ok(token) => self.in_flight = Some((token, batch)),
-            Err(_) => outbox.requeue(batch),
-        }
-    }
-
-    /// Opens the revocation stream if it is not open (at most once a second).
-    fn watch_revocations(&mut self) {
-        if self.watch.is_some() {
-            return;
-        }
-        let now = now_millis();
-        if self.watch_tried_at.is_some_and(|t| now.saturating_sub(t) < 1_000) {
-            return;
-        }
-        self.watch_tried_at = Some(now);
-        match hc::open_grpc_stream(&self.config.control_cluster, SERVICE, "WatchRevocations", vec![]) {
-            Ok(token) => {
-                self.watch = Some(token);
-                self.ack(token, 0);
-            }
-            Err(_) => {
-                let _ = hc::log(
-                    LogLevel::Warn,
-                    "keybrake: cannot open the revocation stream; reads go to the control service",
-                );
-            }
-        }
-    }
-
-    fn ack(&self, token: u32, generation: u64) {
-        let msg = WatchRequest { worker: String::new(), acked_generation: generation }.encode_to_vec();
-        let _ = hc::send_grpc_stream_message(token, Some(&msg), false);
-    }
-
-    fn outbox_empty(&self) -> bool {
-        self.outbox.try_borrow().map(|o| o.is_empty()).unwrap_or(false)
-    }
-}
-
-impl Context for Root {
+impl Context for RootGlue {
     fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
-        if self.watch != Some(token) {
-            return;
-        }
-        let bytes = hc::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten().unwrap_or_default();
-        let Ok(revocation) = Revocation::decode(bytes.as_slice()) else {
-            // Unreadable: stop trusting the cache until a new stream starts over.
-            if let Ok(mut cache) = self.cache.try_borrow_mut() {
-                cache.disconnect();
-            }
-            let _ = hc::cancel_grpc_stream(token);
-            self.watch = None;
-            return;
-        };
-        let acked = match self.cache.try_borrow_mut() {
-            Ok(mut cache) => cache.apply(&revocation),
-            Err(_) => return,
-        };
-        self.ack(token, acked);
+        self.root.on_grpc_stream_message(&mut self.host, token, size);
     }
 
     fn on_grpc_stream_close(&mut self, token: u32, _status: u32) {
-        if self.watch == Some(token) {
-            self.watch = None;
-            if let Ok(mut cache) = self.cache.try_borrow_mut() {
-                cache.disconnect();
-            }
-        }
+        self.root.on_grpc_stream_close(token);
     }
 
     fn on_grpc_call_response(&mut self, token: u32, status: u32, _size: usize) {
-        match self.in_flight.take() {
-            Some((t, batch)) if t == token => {
-                if status == 0 {
-                    let n = batch.records.len() + batch.orphaned_settlements.len();
-                    if let Ok(mut m) = self.metrics.try_borrow_mut() {
-                        m.add(Counter::OutboxDelivered, n as i64);
-                    }
-                    self.backoff.succeeded();
-                    // Delivered: send the next batch now rather than at the next tick.
-                    if !self.outbox_empty() {
-                        self.flush();
-                    }
-                } else {
-                    if self.backoff.failed(now_millis()) {
-                        let _ = hc::log(LogLevel::Warn, "keybrake: audit batch not delivered; retrying with backoff");
-                    }
-                    if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
-                        outbox.requeue(batch);
-                    }
-                }
-            }
-            other => self.in_flight = other,
-        }
+        self.root.on_grpc_call_response(&mut self.host, token, status);
     }
 
-    /// Envoy is stopping this VM. On a worker this runs after its event loop
-    /// stopped, so nothing can be sent any more: a clean shutdown drains Envoy
-    /// first (see `scripts/run-local.sh`), giving the tick time to flush. What
-    /// is still queued here is reported, not silently dropped.
     fn on_done(&mut self) -> bool {
-        let left = self.outbox.try_borrow().map(|o| o.len()).unwrap_or(0);
-        if left > 0 {
-            let _ = hc::log(
-                LogLevel::Warn,
-                &format!("keybrake: {left} audit records or settlements undelivered at shutdown (drain Envoy before stopping it)"),
-            );
-        }
-        true
+        self.root.on_done(&mut self.host)
     }
 }
 
-impl RootContext for Root {
+impl RootContext for RootGlue {
     fn on_configure(&mut self, size: usize) -> bool {
         let bytes = hc::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten().unwrap_or_default();
-        match FilterConfig::parse(&bytes) {
-            Ok(config) => {
-                // Seed this VM's call ids with the host's randomness: the time
-                // alone was seen to seed two workers' VMs alike, and a call id
-                // used twice settles the wrong call. The time stays in as a
-                // fallback for a host without `random_get`.
-                let now = hc::get_current_time()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                let mut material = match entropy::bytes::<16>() {
-                    Some(random) => random.to_vec(),
-                    None => {
-                        let _ = hc::log(
-                            LogLevel::Warn,
-                            "keybrake: the host gave no random bytes; call ids are seeded from the time",
-                        );
-                        Vec::new()
-                    }
-                };
-                material.extend_from_slice(&now.to_le_bytes());
-                material.extend_from_slice(&size.to_le_bytes());
-                if let Ok(mut ids) = self.ids.try_borrow_mut() {
-                    *ids = CallIds::seeded(&material);
-                }
-                if let Ok(mut outbox) = self.outbox.try_borrow_mut() {
-                    outbox.set_limit(config.audit_queue_limit);
-                }
-                let _ = hc::set_tick_period(Duration::from_millis(config.audit_flush_interval_ms));
-                self.config = Rc::new(config);
-                true
-            }
-            Err(e) => {
-                let _ = hc::log(LogLevel::Error, &format!("keybrake: {e}"));
-                false
-            }
-        }
+        self.root.configure(&mut self.host, &bytes)
     }
 
     fn on_tick(&mut self) {
-        self.flush();
-        self.watch_revocations();
+        self.root.on_tick(&mut self.host);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
-            flow: Flow::new(self.config.clone(), self.outbox.clone(), self.cache.clone()),
+            flow: self.root.new_flow(),
             host: EnvoyHost {
-                cluster: self.config.control_cluster.clone(),
-                metrics: self.metrics.clone(),
-                ids: self.ids.clone(),
+                cluster: self.root.config().control_cluster.clone(),
+                metrics: self.host.metrics.clone(),
+                ids: self.root.ids(),
             },
         }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// [`RootHost`] over proxy-wasm hostcalls.
+#[derive(Default)]
+struct EnvoyRoot {
+    metrics: Rc<RefCell<Metrics>>,
+}
+
+impl RootHost for EnvoyRoot {
+    fn now_nanos(&self) -> u64 {
+        hc::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_nanos()).ok())
+            .unwrap_or(0)
+    }
+
+    fn random_bytes(&mut self) -> Option<[u8; 16]> {
+        entropy::bytes::<16>()
+    }
+
+    fn set_tick_period(&mut self, period_ms: u64) {
+        let _ = hc::set_tick_period(Duration::from_millis(period_ms));
+    }
+
+    fn dispatch(&mut self, cluster: &str, rpc: Rpc, message: &[u8], timeout_ms: u64) -> Option<u32> {
+        hc::dispatch_grpc_call(cluster, SERVICE, rpc.method(), vec![], Some(message), Duration::from_millis(timeout_ms))
+            .ok()
+    }
+
+    fn open_revocation_stream(&mut self, cluster: &str) -> Option<u32> {
+        hc::open_grpc_stream(cluster, SERVICE, "WatchRevocations", vec![]).ok()
+    }
+
+    fn send_stream_message(&mut self, token: u32, message: &[u8]) {
+        let _ = hc::send_grpc_stream_message(token, Some(message), false);
+    }
+
+    fn cancel_stream(&mut self, token: u32) {
+        let _ = hc::cancel_grpc_stream(token);
+    }
+
+    fn grpc_message(&self, size: usize) -> Option<Vec<u8>> {
+        hc::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
+    }
+
+    fn count(&mut self, counter: Counter, by: u64) {
+        if let Ok(mut m) = self.metrics.try_borrow_mut() {
+            m.add(counter, i64::try_from(by).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn log_warn(&self, message: &str) {
+        log::warn!("{message}");
+    }
+
+    fn log_error(&self, message: &str) {
+        log::error!("{message}");
     }
 }
 
@@ -445,11 +332,11 @@ impl Host for EnvoyHost {
     }
 
     fn log_warn(&self, message: &str) {
-        let _ = hc::log(LogLevel::Warn, message);
+        log::warn!("{message}");
     }
 
-    fn new_call_id(&mut self) -> String {
-        self.ids.try_borrow_mut().map(|mut ids| ids.fresh()).unwrap_or_else(|_| CallIds::seeded(b"busy").fresh())
+    fn new_call_id(&mut self) -> Option<String> {
+        self.ids.try_borrow_mut().ok().and_then(|mut ids| ids.fresh())
     }
 
     fn count(&mut self, counter: Counter, reason: Option<&str>) {
@@ -468,8 +355,4 @@ fn now_micros() -> i64 {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_micros()).ok())
         .unwrap_or(0)
-}
-
-fn now_millis() -> u64 {
-    u64::try_from(now_micros() / 1000).unwrap_or(0)
 }

@@ -1,6 +1,8 @@
-//! Everything the filter asks of its host (Envoy), behind one small trait, so
-//! the request flow is plain code that runs natively in tests against
-//! [`crate::mock::MockHost`]. The proxy-wasm implementation lives in `glue.rs`.
+//! Everything the filter asks of its host (Envoy), behind two small traits
+//! ([`Host`] for one HTTP stream, [`RootHost`] for the worker's root context),
+//! so the request flow and the outbox drain are plain code that runs natively
+//! in tests against `mock::MockHost` and `mock::MockRootHost`. The proxy-wasm
+//! implementations live in `glue.rs`.
 
 /// gRPC service of the control service (see `proto/keybrake.proto`).
 pub const SERVICE: &str = "keybrake.v1.Gateway";
@@ -80,9 +82,34 @@ pub trait Host {
     fn resume_response(&mut self);
     fn now_micros(&self) -> i64;
     fn log_warn(&self, message: &str);
-    /// A new call id, unique across workers and restarts (not a secret).
-    fn new_call_id(&mut self) -> String;
+    /// A new call id, unique across workers and restarts (not a secret);
+    /// `None` when none can be made (the call is then refused, never sent
+    /// with an id another call may hold).
+    fn new_call_id(&mut self) -> Option<String>;
     fn count(&mut self, counter: Counter, reason: Option<&str>);
+}
+
+/// Host services for the worker's root context ([`crate::root::Root`]): the
+/// clock, the tick, unary calls and the revocation stream to the control
+/// service, metrics and logs.
+pub trait RootHost {
+    /// Nanoseconds since the Unix epoch (0 when the host cannot tell).
+    fn now_nanos(&self) -> u64;
+    /// 16 bytes from the host's CSPRNG, or `None` when it has none to give.
+    fn random_bytes(&mut self) -> Option<[u8; 16]>;
+    /// Asks for `on_tick` every `period_ms`.
+    fn set_tick_period(&mut self, period_ms: u64);
+    /// Starts a unary call to the control service at `cluster`; `None` when it cannot be started.
+    fn dispatch(&mut self, cluster: &str, rpc: Rpc, message: &[u8], timeout_ms: u64) -> Option<u32>;
+    /// Opens the `WatchRevocations` stream at `cluster`; `None` when it cannot be opened.
+    fn open_revocation_stream(&mut self, cluster: &str) -> Option<u32>;
+    fn send_stream_message(&mut self, token: u32, message: &[u8]);
+    fn cancel_stream(&mut self, token: u32);
+    /// The gRPC message just received (a unary answer or a stream message).
+    fn grpc_message(&self, size: usize) -> Option<Vec<u8>>;
+    fn count(&mut self, counter: Counter, by: u64);
+    fn log_warn(&self, message: &str);
+    fn log_error(&self, message: &str);
 }
 
 /// Looks up a header by lower-case name (HTTP/2 and Envoy keep names lower-case).

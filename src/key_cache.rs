@@ -52,10 +52,6 @@ impl KeyCache {
         self.entries.clear();
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.connected
-    }
-
     /// Caches a key the control service just allowed, unless the answer may
     /// predate a revocation this worker already applied.
     pub fn remember(&mut self, hash: KeyHash, metadata: KeyMetadata) {

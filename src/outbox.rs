@@ -1,7 +1,7 @@
 //! Work that outlives a request: audit records of calls that held no durable
 //! state, and settlements whose request ended before they were acknowledged.
 //! A request's own callouts die with it, so each worker VM keeps this outbox
-//! and its root context drains it (see `glue.rs`).
+//! and its root context drains it (see [`crate::root::Root`]).
 
 use std::collections::VecDeque;
 

@@ -37,6 +37,8 @@ pub enum Refusal {
     ControlUnavailable,
     /// The host would not let the filter replace the body with what it priced.
     BodyNotReplaced,
+    /// The worker could not give the call an id of its own (never seeded, or busy).
+    NoCallId,
 }
 
 impl Refusal {
@@ -72,7 +74,7 @@ impl Refusal {
                 "parameter_invalid"
             }
             Refusal::Pricing(_) => "amount_invalid",
-            Refusal::ControlUnavailable => "keybrake_unavailable",
+            Refusal::ControlUnavailable | Refusal::NoCallId => "keybrake_unavailable",
             Refusal::BodyNotReplaced => "keybrake_internal_error",
         }
     }
@@ -110,6 +112,13 @@ impl Refusal {
                 ErrorType::ApiError,
                 code,
                 "Keybrake's control service is unavailable; the request was not sent to Stripe.",
+            )
+            .with_should_retry(true),
+            Refusal::NoCallId => StripeError::new(
+                503,
+                ErrorType::ApiError,
+                code,
+                "Keybrake could not give the call an id; the request was not sent to Stripe.",
             )
             .with_should_retry(true),
             Refusal::BodyNotReplaced => StripeError::new(

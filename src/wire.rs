@@ -1,8 +1,13 @@
 //! The contract's message types (generated from `proto/keybrake.proto`) and
 //! conversions between them and the domain types of `keybrake-core`.
-#![allow(clippy::all, missing_docs)]
 
-include!(concat!(env!("OUT_DIR"), "/keybrake.v1.rs"));
+/// prost's output, linted by its authors, not here.
+#[allow(clippy::all, missing_docs)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/keybrake.v1.rs"));
+}
+
+pub use generated::*;
 
 use keybrake_core::pricing::{self, CurrencySource};
 use keybrake_core::stripe_error::{ErrorType, StripeError};

@@ -68,6 +68,8 @@ impl fmt::Display for Currency {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn exponents_follow_stripe() {

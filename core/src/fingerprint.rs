@@ -38,21 +38,17 @@ pub fn derived_idempotency_key(fingerprint: &str, record_salt: &str) -> String {
     format!("kb_{}", hex.get(..40).unwrap_or(&hex))
 }
 
-/// Lower-case hex of bytes.
+/// Lower-case hex of bytes (the `hex` crate's; kept as the name the control service uses).
 pub fn to_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    s
+    hex::encode(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::path::normalize;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn fp(path: &str, account: &str, body: &str) -> String {
         fingerprint(Method::Post, &normalize(path).unwrap(), account, &FormParams::parse(body.as_bytes()).unwrap())
@@ -74,5 +70,13 @@ mod tests {
         assert_eq!(derived_idempotency_key(&f, "r1"), derived_idempotency_key(&f, "r1"));
         assert_ne!(derived_idempotency_key(&f, "r1"), derived_idempotency_key(&f, "r2"));
         assert!(derived_idempotency_key(&f, "r1").starts_with("kb_"));
+    }
+
+    #[test]
+    fn fingerprints_are_pinned() {
+        // Stored in the control service's idempotency records: a change here breaks dedup across upgrades.
+        let f = fp("/v1/charges", "", "amount=100&currency=usd");
+        assert_eq!(f, "396dedac46b2ed24ec2fa9eaad6cc092cca019133ed12bec5757e9143a4010e5");
+        assert_eq!(to_hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 }

@@ -356,7 +356,10 @@ const HEX: [u8; 16] = *b"0123456789ABCDEF";
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(not(target_arch = "wasm32"))]
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn parse(body: &str) -> Result<FormParams, FormError> {
         FormParams::parse(body.as_bytes())
@@ -446,6 +449,7 @@ mod tests {
         assert_eq!(value.array_indices("line_items"), Err(FormError::BadIndex("line_items".into())));
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     proptest! {
         #[test]
         fn parse_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200)) {

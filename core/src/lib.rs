@@ -1,6 +1,8 @@
 //! Keybrake's domain logic that both the filter (compiled to wasm, inside
 //! Envoy) and the control service need: pure functions, no I/O, no panics on
-//! input. Unit- and property-tested natively with `cargo test -p keybrake-core`.
+//! input. Unit- and property-tested natively with `cargo test -p keybrake-core`;
+//! the example-based tests also run compiled to wasm32, as the filter ships
+//! this code, under Node (`scripts/build-filter.sh --core-tests`).
 #![forbid(unsafe_code)]
 
 pub mod account;

@@ -129,7 +129,10 @@ pub fn to_usd_micros(minor: i64, exponent: u32, rate: UsdRate) -> Result<UsdMicr
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(not(target_arch = "wasm32"))]
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn parses_caps_exactly() {
@@ -172,6 +175,7 @@ mod tests {
         assert!(to_usd_micros(i64::MAX, 3, UsdRate(1)).is_ok());
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     proptest! {
         #[test]
         fn conversion_is_monotone(a in 0i64..10_000_000_000, b in 0i64..10_000_000_000, exp in 0u32..4, rate in 1i128..10_000_000_000_000) {

@@ -154,7 +154,10 @@ pub(crate) fn hex_value(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(not(target_arch = "wasm32"))]
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn path(raw: &str) -> String {
         normalize(raw).unwrap().path
@@ -199,6 +202,7 @@ mod tests {
         assert_eq!(normalize(&"/a".repeat(40)), Err(PathError::TooManySegments));
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     proptest! {
         #[test]
         fn never_panics_and_is_idempotent(raw in "[/a-z.%0-9;?A-F]{0,60}") {

@@ -469,7 +469,10 @@ fn currency(text: &str) -> Result<Currency, PricingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(not(target_arch = "wasm32"))]
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     /// Parses and prices, as the filter does: a body the parser refuses is a pricing error too.
     fn p(path: &str, body: &str) -> Result<Price, PricingError> {
@@ -684,6 +687,7 @@ mod tests {
         assert!(!moves_money(Method::Get, "/v1/charges"));
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     proptest! {
         #[test]
         fn charge_price_is_monotone_in_amount(a in 0i64..1_000_000_000_000, b in 0i64..1_000_000_000_000) {

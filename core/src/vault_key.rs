@@ -156,7 +156,10 @@ fn base62_fixed(bytes: [u8; 32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(not(target_arch = "wasm32"))]
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn generated_keys_parse_and_hash_stably() {
@@ -197,6 +200,7 @@ mod tests {
         assert!(base62_fixed([255u8; 32]).bytes().all(|b| b.is_ascii_alphanumeric()));
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     proptest! {
         #[test]
         fn every_entropy_round_trips(bytes in proptest::array::uniform32(any::<u8>())) {
