@@ -207,7 +207,8 @@ impl Flow {
             !incoming.idempotency_key.is_empty(),
         );
         let cached = if stateless {
-            self.cache.try_borrow().ok().and_then(|c| c.get(&incoming.key_hash).cloned())
+            let now_ms = u64::try_from(host.now_micros() / 1000).unwrap_or(0);
+            self.cache.try_borrow().ok().and_then(|c| c.get(&incoming.key_hash, now_ms).cloned())
         } else {
             None
         };

@@ -1,7 +1,10 @@
 //! The worker's cache of keys it may decide on alone: calls that hold no
 //! state (reads). It is trusted only while the worker's revocation stream is
-//! connected; revocations pushed on it evict keys at once, and metadata
-//! older than the newest revocation seen is never cached.
+//! connected and its replica was heard from within [`TRUST_MS`] (a frozen
+//! replica keeps the stream open but says nothing, and revokers stop waiting
+//! for a silent replica after a few seconds); revocations pushed on it evict
+//! keys at once, and metadata older than the newest revocation seen is never
+//! cached.
 
 use std::collections::HashMap;
 
@@ -14,6 +17,10 @@ use crate::wire::{KeyMetadata, Revocation};
 
 /// Entries kept before the cache starts over (a worker sees few distinct keys).
 const CAPACITY: usize = 10_000;
+/// How recently the replica must have spoken (it sends a heartbeat every
+/// 250 ms) for the cache to decide: well inside the 3 s after which revokers
+/// stop waiting for a replica they do not hear from.
+pub const TRUST_MS: u64 = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct CachedKey {
@@ -25,12 +32,18 @@ pub struct CachedKey {
 pub struct KeyCache {
     connected: bool,
     generation: u64,
+    /// When the stream last carried a message (milliseconds, the host's clock).
+    heard_at_ms: u64,
     entries: HashMap<KeyHash, CachedKey>,
 }
 
 impl KeyCache {
-    /// Applies a pushed message; returns the generation to acknowledge.
-    pub fn apply(&mut self, r: &Revocation) -> u64 {
+    /// Applies a pushed message heard at `now_ms`; returns the generation to acknowledge.
+    pub fn apply(&mut self, r: &Revocation, now_ms: u64) -> u64 {
+        self.heard_at_ms = now_ms;
+        if r.heartbeat {
+            return self.generation;
+        }
         if r.key_hashes.is_empty() {
             // The stream's first message: start over from an empty cache.
             self.entries.clear();
@@ -71,8 +84,10 @@ impl KeyCache {
         self.entries.insert(hash, CachedKey { metadata, scopes });
     }
 
-    pub fn get(&self, hash: &KeyHash) -> Option<&CachedKey> {
-        if self.connected {
+    /// The cached key, if the cache may decide at `now_ms`.
+    pub fn get(&self, hash: &KeyHash, now_ms: u64) -> Option<&CachedKey> {
+        let heard_lately = now_ms.saturating_sub(self.heard_at_ms) < TRUST_MS;
+        if self.connected && heard_lately {
             self.entries.get(hash)
         } else {
             None
@@ -119,37 +134,50 @@ mod tests {
     }
 
     fn hello(generation: u64) -> Revocation {
-        Revocation { generation, key_hashes: vec![] }
+        Revocation { generation, ..Default::default() }
     }
 
     #[test]
     fn nothing_is_cached_or_served_without_the_stream() {
         let mut c = KeyCache::default();
         c.remember([1; 32], meta(0));
-        assert!(c.get(&[1; 32]).is_none());
-        c.apply(&hello(3));
+        assert!(c.get(&[1; 32], 0).is_none());
+        c.apply(&hello(3), 0);
         c.remember([1; 32], meta(3));
-        assert!(c.get(&[1; 32]).is_some());
+        assert!(c.get(&[1; 32], 0).is_some());
         c.disconnect();
-        assert!(c.get(&[1; 32]).is_none());
-        c.apply(&hello(3));
-        assert!(c.get(&[1; 32]).is_none(), "a new stream starts empty");
+        assert!(c.get(&[1; 32], 0).is_none());
+        c.apply(&hello(3), 0);
+        assert!(c.get(&[1; 32], 0).is_none(), "a new stream starts empty");
     }
 
     #[test]
     fn revocations_evict_and_stale_answers_are_not_cached() {
         let mut c = KeyCache::default();
-        c.apply(&hello(3));
+        c.apply(&hello(3), 0);
         c.remember([1; 32], meta(3));
         c.remember([2; 32], meta(3));
-        assert_eq!(c.apply(&Revocation { generation: 4, key_hashes: vec![vec![1; 32]] }), 4);
-        assert!(c.get(&[1; 32]).is_none());
-        assert!(c.get(&[2; 32]).is_some());
+        assert_eq!(c.apply(&Revocation { generation: 4, key_hashes: vec![vec![1; 32]], heartbeat: false }, 0), 4);
+        assert!(c.get(&[1; 32], 0).is_none());
+        assert!(c.get(&[2; 32], 0).is_some());
         c.remember([1; 32], meta(3));
-        assert!(c.get(&[1; 32]).is_none(), "read before generation 4: may be revoked");
+        assert!(c.get(&[1; 32], 0).is_none(), "read before generation 4: may be revoked");
         let mut no_key = meta(4);
         no_key.upstream_authorization.clear();
         c.remember([5; 32], no_key);
-        assert!(c.get(&[5; 32]).is_none());
+        assert!(c.get(&[5; 32], 0).is_none());
+    }
+
+    #[test]
+    fn a_replica_gone_silent_is_not_trusted_even_with_its_stream_open() {
+        let mut c = KeyCache::default();
+        c.apply(&hello(3), 10_000);
+        c.remember([1; 32], meta(3));
+        assert!(c.get(&[1; 32], 10_500).is_some());
+        assert!(c.get(&[1; 32], 10_000 + TRUST_MS).is_none(), "frozen or cut off: decided by the control service");
+        // A heartbeat is heard: trusted again, nothing applied, the generation unchanged.
+        let beat = Revocation { generation: 0, key_hashes: vec![], heartbeat: true };
+        assert_eq!(c.apply(&beat, 12_000), 3);
+        assert!(c.get(&[1; 32], 12_100).is_some(), "a heartbeat neither clears the cache nor moves the generation");
     }
 }

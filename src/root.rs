@@ -151,11 +151,14 @@ impl Root {
             self.watch = None;
             return;
         };
+        let heard_at_ms = host.now_nanos() / 1_000_000;
         let acked = match self.cache.try_borrow_mut() {
-            Ok(mut cache) => cache.apply(&revocation),
+            Ok(mut cache) => cache.apply(&revocation, heard_at_ms),
             Err(_) => return,
         };
-        ack(host, token, acked);
+        if !revocation.heartbeat {
+            ack(host, token, acked);
+        }
     }
 
     pub fn on_grpc_stream_close(&mut self, token: u32) {

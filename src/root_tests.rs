@@ -225,23 +225,46 @@ fn revocations_are_applied_and_acknowledged_with_the_generation_applied() {
     let (mut root, mut host) = configured();
     root.on_tick(&mut host);
     let token = host.streams[0].0;
-    receive(&mut root, &mut host, token, Revocation { generation: 7, key_hashes: vec![] }.encode_to_vec());
+    receive(
+        &mut root,
+        &mut host,
+        token,
+        Revocation { generation: 7, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
+    );
     assert_eq!(acked(&host.sent[1].1), 7);
     let meta = KeyMetadata { upstream_authorization: "Bearer sk".into(), generation: 7, ..Default::default() };
     root.cache.borrow_mut().remember([1; 32], meta.clone());
     root.cache.borrow_mut().remember([2; 32], meta);
     assert_eq!(root.cache.borrow().len(), 2);
-    receive(&mut root, &mut host, token, Revocation { generation: 9, key_hashes: vec![vec![1; 32]] }.encode_to_vec());
+    receive(
+        &mut root,
+        &mut host,
+        token,
+        Revocation { generation: 9, key_hashes: vec![vec![1; 32]], heartbeat: false }.encode_to_vec(),
+    );
     assert_eq!(acked(&host.sent[2].1), 9);
-    assert!(root.cache.borrow().get(&[1; 32]).is_none());
-    assert!(root.cache.borrow().get(&[2; 32]).is_some());
+    assert!(root.cache.borrow().get(&[1; 32], host.now_ms).is_none());
+    assert!(root.cache.borrow().get(&[2; 32], host.now_ms).is_some());
     // An older generation arriving late acknowledges the newest applied.
-    receive(&mut root, &mut host, token, Revocation { generation: 8, key_hashes: vec![vec![3; 32]] }.encode_to_vec());
+    receive(
+        &mut root,
+        &mut host,
+        token,
+        Revocation { generation: 8, key_hashes: vec![vec![3; 32]], heartbeat: false }.encode_to_vec(),
+    );
     assert_eq!(acked(&host.sent[3].1), 9);
     // Messages on another stream are not revocations.
     let size = host.received.len();
     root.on_grpc_stream_message(&mut host, token + 100, size);
     assert_eq!(host.sent.len(), 4);
+    // Heartbeats keep the cache trusted without being acknowledged; silence ends its trust.
+    host.now_ms += crate::key_cache::TRUST_MS - 1;
+    receive(&mut root, &mut host, token, Revocation { heartbeat: true, ..Default::default() }.encode_to_vec());
+    assert_eq!(host.sent.len(), 4, "a heartbeat is not acknowledged");
+    host.now_ms += crate::key_cache::TRUST_MS - 1;
+    assert!(root.cache.borrow().get(&[2; 32], host.now_ms).is_some());
+    host.now_ms += 1;
+    assert!(root.cache.borrow().get(&[2; 32], host.now_ms).is_none(), "a replica gone silent is not trusted");
 }
 
 #[test]
@@ -249,12 +272,17 @@ fn an_unreadable_message_cancels_the_stream_and_the_cache_until_a_new_one() {
     let (mut root, mut host) = configured();
     root.on_tick(&mut host);
     let token = host.streams[0].0;
-    receive(&mut root, &mut host, token, Revocation { generation: 1, key_hashes: vec![] }.encode_to_vec());
+    receive(
+        &mut root,
+        &mut host,
+        token,
+        Revocation { generation: 1, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
+    );
     let meta = KeyMetadata { upstream_authorization: "Bearer sk".into(), generation: 1, ..Default::default() };
     root.cache.borrow_mut().remember([1; 32], meta);
     receive(&mut root, &mut host, token, vec![0xff, 0xff, 0xff]);
     assert_eq!(host.cancelled, vec![token]);
-    assert!(root.cache.borrow().get(&[1; 32]).is_none());
+    assert!(root.cache.borrow().get(&[1; 32], host.now_ms).is_none());
     assert_eq!(host.sent.len(), 2, "nothing acknowledged");
     host.now_ms += WATCH_RETRY_MS;
     root.on_tick(&mut host);
@@ -266,13 +294,18 @@ fn a_closed_stream_disconnects_the_cache_and_is_reopened() {
     let (mut root, mut host) = configured();
     root.on_tick(&mut host);
     let token = host.streams[0].0;
-    receive(&mut root, &mut host, token, Revocation { generation: 1, key_hashes: vec![] }.encode_to_vec());
+    receive(
+        &mut root,
+        &mut host,
+        token,
+        Revocation { generation: 1, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
+    );
     let meta = KeyMetadata { upstream_authorization: "Bearer sk".into(), generation: 1, ..Default::default() };
     root.cache.borrow_mut().remember([1; 32], meta);
     root.on_grpc_stream_close(token + 1);
-    assert!(root.cache.borrow().get(&[1; 32]).is_some(), "another stream closed");
+    assert!(root.cache.borrow().get(&[1; 32], host.now_ms).is_some(), "another stream closed");
     root.on_grpc_stream_close(token);
-    assert!(root.cache.borrow().get(&[1; 32]).is_none());
+    assert!(root.cache.borrow().get(&[1; 32], host.now_ms).is_none());
     root.on_tick(&mut host);
     assert_eq!(host.streams.len(), 1, "within a second of the last attempt");
     host.now_ms += WATCH_RETRY_MS;

@@ -14,6 +14,9 @@ use crate::wire::{
     SettleResponse, WatchRequest,
 };
 
+/// How often a watching worker hears from its replica when there is nothing to revoke.
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub struct GatewayService {
     pub app: Arc<App>,
 }
@@ -51,11 +54,22 @@ impl Gateway for GatewayService {
         let app = self.app.clone();
         let mut sub = app.revocations.subscribe();
         let (out, rx) = tokio::sync::mpsc::channel::<Result<Revocation, Status>>(64);
-        let hello = Revocation { generation: u64::try_from(sub.generation).unwrap_or(0), key_hashes: Vec::new() };
+        let hello = Revocation {
+            generation: u64::try_from(sub.generation).unwrap_or(0),
+            key_hashes: Vec::new(),
+            heartbeat: false,
+        };
         out.send(Ok(hello)).await.map_err(|_| Status::cancelled("watcher gone"))?;
         tokio::spawn(async move {
+            // A heartbeat when nothing else was sent: the worker trusts its cache only while it hears from us.
+            let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    _ = beat.tick() => {
+                        let heartbeat = Revocation { generation: 0, key_hashes: Vec::new(), heartbeat: true };
+                        if out.send(Ok(heartbeat)).await.is_err() { break }
+                    },
                     update = sub.updates.recv() => match update {
                         Ok(r) => if out.send(Ok(r)).await.is_err() { break },
                         // Missed revocations: the worker must start over with an empty cache.

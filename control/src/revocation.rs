@@ -193,6 +193,7 @@ pub async fn relay(app: Arc<App>) {
                     let _ = hub.tx.send(Revocation {
                         generation: generation as u64,
                         key_hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+                        heartbeat: false,
                     });
                 }
                 // In sync as of the read's start: a revocation committed after it is not seen yet.
