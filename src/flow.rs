@@ -214,7 +214,7 @@ impl Flow {
         };
         if let Some(key) = cached.filter(|k| k.allows(incoming, host.now_micros() / 1_000_000)) {
             let allow = wire::Allow {
-                upstream_authorization: key.metadata.upstream_authorization.clone(),
+                upstream_authorization: key.upstream_authorization().to_owned(),
                 forwarded_idempotency_key: String::new(),
                 call_id,
                 settle: false,
@@ -236,8 +236,6 @@ impl Flow {
             idempotency_key: incoming.idempotency_key.clone(),
             price: Some(wire::Price::from(&priced.price)),
             fingerprint: priced.fingerprint.clone(),
-            query: incoming.target.query.clone().unwrap_or_default(),
-            metadata_only: false,
         };
         self.priced = Some(priced);
         match host.dispatch(Rpc::Authorize, &request.encode_to_vec(), self.config.authorize_timeout_ms) {
@@ -264,16 +262,17 @@ impl Flow {
                     Some((Verdict::Allow(allow), key)) => {
                         if let (Some(k), Some(incoming), false) = (&key, &self.incoming, allow.settle) {
                             if let Ok(mut cache) = self.cache.try_borrow_mut() {
-                                cache.remember(incoming.key_hash, k.clone());
+                                cache.remember(incoming.key_hash, k.clone(), &allow.upstream_authorization);
                             }
                         }
                         self.forward(host, allow, key, true)
                     }
                     Some((Verdict::Deny(deny), _)) => {
                         self.asked = None;
-                        host.count(Counter::Denied, Some(&deny.code));
+                        let code = deny.denial_code().map_or("keybrake_refused", |c| c.as_str());
+                        host.count(Counter::Denied, Some(code));
                         self.decided_remotely = true;
-                        self.reply_error(host, &StripeError::from(&deny));
+                        self.reply_error(host, &deny.to_stripe_error());
                     }
                     Some((Verdict::Replay(replay), _)) => {
                         self.asked = None;
@@ -533,7 +532,6 @@ impl Flow {
             mcp_tool: incoming.map(|i| i.mcp_tool.clone()).unwrap_or_default(),
             at_us: self.started_us,
             price: self.priced.as_ref().map(|p| wire::Price::from(&p.price)),
-            object_id: String::new(),
             detail: seen.detail,
         }
     }

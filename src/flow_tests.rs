@@ -86,10 +86,7 @@ fn a_read_is_authorized_forwarded_and_recorded_in_the_outbox() {
     assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
     let req = authorize_request(&host);
     assert_eq!(req.vault_key_hash, key().hash().to_vec());
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str(), req.query.as_str()),
-        ("GET", "/v1/charges/ch_1", "expand[]=customer")
-    );
+    assert_eq!((req.method.as_str(), req.path.as_str()), ("GET", "/v1/charges/ch_1"));
     assert_eq!(req.price.unwrap().kind, Kind::Free as i32);
     reply(&mut host, allow(false, ""));
     flow.on_grpc_response(&mut host, 1, 0, 0);
@@ -176,11 +173,8 @@ fn a_denial_is_a_stripe_error_and_nothing_is_forwarded() {
     reply(
         &mut host,
         Verdict::Deny(wire::Deny {
-            http_status: 429,
-            error_type: "invalid_request_error".into(),
-            code: "spend_cap_exceeded".into(),
+            code: wire::DenialCode::SpendCapExceeded as i32,
             message: "Spend cap exceeded".into(),
-            should_retry: "false".into(),
             param: String::new(),
         }),
     );
@@ -351,7 +345,6 @@ fn allowed_read_metadata(generation: u64) -> wire::KeyMetadata {
         vendor: "stripe".into(),
         allowed_endpoints: vec!["GET /v1/charges/*".into()],
         expires_at: 1_795_700_000,
-        upstream_authorization: "Bearer sk_test_real".into(),
         generation,
         ..Default::default()
     }
@@ -396,7 +389,7 @@ fn an_expired_cached_key_goes_back_to_the_control_service() {
     cache.borrow_mut().apply(&wire::Revocation { generation: 1, key_hashes: vec![], heartbeat: false }, HEARD_MS);
     let mut expired = allowed_read_metadata(1);
     expired.expires_at = 1_795_689_999;
-    cache.borrow_mut().remember(key().hash(), expired);
+    cache.borrow_mut().remember(key().hash(), expired, "Bearer sk_test_real");
     let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_1", &cache);
     assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
     assert_eq!(host.dispatched.len(), 1);
@@ -495,4 +488,26 @@ fn a_call_without_an_id_of_its_own_is_refused_with_503() {
     let batch = outbox.borrow_mut().take_batch(10).unwrap();
     assert_eq!((batch.records[0].decision.as_str(), batch.records[0].call_id.as_str()), ("denied", ""));
     assert!(batch.orphaned_settlements.is_empty(), "nothing was reserved");
+}
+
+#[test]
+fn a_denial_the_filter_does_not_know_is_still_a_refusal() {
+    let (mut flow, mut host, _) = asked_charge(b"amount=1&currency=usd");
+    reply(&mut host, Verdict::Deny(wire::Deny { code: 999, message: "newer".into(), param: String::new() }));
+    flow.on_grpc_response(&mut host, 1, 0, 0);
+    assert_eq!(host.local_reply.as_ref().map(|r| r.0), Some(403));
+    assert_eq!(host.reply_json()["error"]["code"], "keybrake_refused");
+    assert_eq!(host.resumed_request, 0, "nothing forwarded");
+}
+
+#[test]
+fn the_real_key_never_shows_in_debug_output() {
+    let allow = wire::Allow { upstream_authorization: "Bearer sk_test_real".into(), ..Default::default() };
+    let response = wire::AuthorizeResponse { verdict: Some(Verdict::Allow(allow)), key: None };
+    assert!(!format!("{response:?}").contains("sk_test_real"));
+    let cache = Rc::new(RefCell::new(KeyCache::default()));
+    cache.borrow_mut().apply(&wire::Revocation { generation: 1, ..Default::default() }, HEARD_MS);
+    cache.borrow_mut().remember(key().hash(), allowed_read_metadata(1), "Bearer sk_test_real");
+    assert_eq!(cache.borrow().len(), 1);
+    assert!(!format!("{:?}", cache.borrow()).contains("sk_test_real"));
 }

@@ -26,6 +26,18 @@ pub const TRUST_MS: u64 = 1_000;
 pub struct CachedKey {
     pub metadata: KeyMetadata,
     scopes: Vec<Scope>,
+    upstream: Credential,
+}
+
+/// The `Authorization` value to send upstream, kept with the key it was
+/// allowed for; its Debug is redacted, so no `{:?}` of the cache shows it.
+#[derive(Clone)]
+struct Credential(String);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(<redacted>)")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,12 +77,13 @@ impl KeyCache {
         self.entries.clear();
     }
 
-    /// Caches a key the control service just allowed, unless the answer may
-    /// predate a revocation this worker already applied.
-    pub fn remember(&mut self, hash: KeyHash, metadata: KeyMetadata) {
+    /// Caches a key the control service just allowed (with the credential its
+    /// Allow carried), unless the answer may predate a revocation this worker
+    /// already applied.
+    pub fn remember(&mut self, hash: KeyHash, metadata: KeyMetadata, upstream_authorization: &str) {
         if !self.connected
             || metadata.revoked
-            || metadata.upstream_authorization.is_empty()
+            || upstream_authorization.is_empty()
             || metadata.generation < self.generation
         {
             return;
@@ -81,7 +94,8 @@ impl KeyCache {
         if self.entries.len() >= CAPACITY {
             self.entries.clear();
         }
-        self.entries.insert(hash, CachedKey { metadata, scopes });
+        self.entries
+            .insert(hash, CachedKey { metadata, scopes, upstream: Credential(upstream_authorization.to_owned()) });
     }
 
     /// The cached key, if the cache may decide at `now_ms`.
@@ -104,6 +118,11 @@ impl KeyCache {
 }
 
 impl CachedKey {
+    /// The credential the control service allowed this key's reads with.
+    pub fn upstream_authorization(&self) -> &str {
+        &self.upstream.0
+    }
+
     /// Whether the control service would allow this stateless call: same
     /// vendor, not expired, in scope, account allowed. Anything else goes to
     /// the control service, which decides and records the refusal.
@@ -127,7 +146,6 @@ mod tests {
             vendor: "stripe".into(),
             allowed_endpoints: vec!["GET /v1/charges/*".into()],
             expires_at: 2_000_000_000,
-            upstream_authorization: "Bearer sk_test_x".into(),
             generation,
             ..Default::default()
         }
@@ -140,10 +158,10 @@ mod tests {
     #[test]
     fn nothing_is_cached_or_served_without_the_stream() {
         let mut c = KeyCache::default();
-        c.remember([1; 32], meta(0));
+        c.remember([1; 32], meta(0), "Bearer sk_test_real");
         assert!(c.get(&[1; 32], 0).is_none());
         c.apply(&hello(3), 0);
-        c.remember([1; 32], meta(3));
+        c.remember([1; 32], meta(3), "Bearer sk_test_real");
         assert!(c.get(&[1; 32], 0).is_some());
         c.disconnect();
         assert!(c.get(&[1; 32], 0).is_none());
@@ -155,16 +173,14 @@ mod tests {
     fn revocations_evict_and_stale_answers_are_not_cached() {
         let mut c = KeyCache::default();
         c.apply(&hello(3), 0);
-        c.remember([1; 32], meta(3));
-        c.remember([2; 32], meta(3));
+        c.remember([1; 32], meta(3), "Bearer sk_test_real");
+        c.remember([2; 32], meta(3), "Bearer sk_test_real");
         assert_eq!(c.apply(&Revocation { generation: 4, key_hashes: vec![vec![1; 32]], heartbeat: false }, 0), 4);
         assert!(c.get(&[1; 32], 0).is_none());
         assert!(c.get(&[2; 32], 0).is_some());
-        c.remember([1; 32], meta(3));
+        c.remember([1; 32], meta(3), "Bearer sk_test_real");
         assert!(c.get(&[1; 32], 0).is_none(), "read before generation 4: may be revoked");
-        let mut no_key = meta(4);
-        no_key.upstream_authorization.clear();
-        c.remember([5; 32], no_key);
+        c.remember([5; 32], meta(4), "");
         assert!(c.get(&[5; 32], 0).is_none());
     }
 
@@ -172,7 +188,7 @@ mod tests {
     fn a_replica_gone_silent_is_not_trusted_even_with_its_stream_open() {
         let mut c = KeyCache::default();
         c.apply(&hello(3), 10_000);
-        c.remember([1; 32], meta(3));
+        c.remember([1; 32], meta(3), "Bearer sk_test_real");
         assert!(c.get(&[1; 32], 10_500).is_some());
         assert!(c.get(&[1; 32], 10_000 + TRUST_MS).is_none(), "frozen or cut off: decided by the control service");
         // A heartbeat is heard: trusted again, nothing applied, the generation unchanged.

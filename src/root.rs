@@ -217,7 +217,7 @@ impl Root {
 
 /// Tells the control service which revocations this worker applied.
 fn ack(host: &mut impl RootHost, token: u32, generation: u64) {
-    let msg = WatchRequest { worker: String::new(), acked_generation: generation }.encode_to_vec();
+    let msg = WatchRequest { acked_generation: generation }.encode_to_vec();
     host.send_stream_message(token, &msg);
 }
 

@@ -232,9 +232,9 @@ fn revocations_are_applied_and_acknowledged_with_the_generation_applied() {
         Revocation { generation: 7, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
     );
     assert_eq!(acked(&host.sent[1].1), 7);
-    let meta = KeyMetadata { upstream_authorization: "Bearer sk".into(), generation: 7, ..Default::default() };
-    root.cache.borrow_mut().remember([1; 32], meta.clone());
-    root.cache.borrow_mut().remember([2; 32], meta);
+    let meta = KeyMetadata { generation: 7, ..Default::default() };
+    root.cache.borrow_mut().remember([1; 32], meta.clone(), "Bearer sk_test_real");
+    root.cache.borrow_mut().remember([2; 32], meta, "Bearer sk_test_real");
     assert_eq!(root.cache.borrow().len(), 2);
     receive(
         &mut root,
@@ -278,8 +278,8 @@ fn an_unreadable_message_cancels_the_stream_and_the_cache_until_a_new_one() {
         token,
         Revocation { generation: 1, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
     );
-    let meta = KeyMetadata { upstream_authorization: "Bearer sk".into(), generation: 1, ..Default::default() };
-    root.cache.borrow_mut().remember([1; 32], meta);
+    let meta = KeyMetadata { generation: 1, ..Default::default() };
+    root.cache.borrow_mut().remember([1; 32], meta, "Bearer sk_test_real");
     receive(&mut root, &mut host, token, vec![0xff, 0xff, 0xff]);
     assert_eq!(host.cancelled, vec![token]);
     assert!(root.cache.borrow().get(&[1; 32], host.now_ms).is_none());
@@ -300,8 +300,8 @@ fn a_closed_stream_disconnects_the_cache_and_is_reopened() {
         token,
         Revocation { generation: 1, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
     );
-    let meta = KeyMetadata { upstream_authorization: "Bearer sk".into(), generation: 1, ..Default::default() };
-    root.cache.borrow_mut().remember([1; 32], meta);
+    let meta = KeyMetadata { generation: 1, ..Default::default() };
+    root.cache.borrow_mut().remember([1; 32], meta, "Bearer sk_test_real");
     root.on_grpc_stream_close(token + 1);
     assert!(root.cache.borrow().get(&[1; 32], host.now_ms).is_some(), "another stream closed");
     root.on_grpc_stream_close(token);

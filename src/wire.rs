@@ -43,18 +43,34 @@ impl From<&pricing::Price> for Price {
     }
 }
 
-impl From<&Deny> for StripeError {
-    fn from(d: &Deny) -> StripeError {
-        let status = u16::try_from(d.http_status).ok().filter(|s| (400..600).contains(s)).unwrap_or(403);
-        let mut e = StripeError::new(status, ErrorType::parse(&d.error_type), &d.code, d.message.clone());
-        if !d.param.is_empty() {
-            e.param = Some(d.param.clone());
+impl Deny {
+    /// The typed code, if this filter knows it.
+    pub fn denial_code(&self) -> Option<keybrake_core::denial::DenialCode> {
+        keybrake_core::denial::DenialCode::from_wire(self.code)
+    }
+
+    /// The refusal as the client sees it: Stripe's shape, from the typed code.
+    /// A code this filter does not know (a newer control service) is still a
+    /// refusal, rendered as one that may be retried.
+    pub fn to_stripe_error(&self) -> StripeError {
+        let param = (!self.param.is_empty()).then(|| self.param.clone());
+        match self.denial_code() {
+            Some(code) => code.render(&self.message, param),
+            None => StripeError::new(403, ErrorType::ApiError, "keybrake_refused", self.message.clone())
+                .with_param(param)
+                .with_should_retry(false),
         }
-        match d.should_retry.as_str() {
-            "true" => e.should_retry = Some(true),
-            "false" => e.should_retry = Some(false),
-            _ => {}
-        }
-        e
+    }
+}
+
+/// Redacted: the upstream credential never reaches a log through `{:?}`.
+impl std::fmt::Debug for Allow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allow")
+            .field("upstream_authorization", &"<redacted>")
+            .field("forwarded_idempotency_key", &self.forwarded_idempotency_key)
+            .field("call_id", &self.call_id)
+            .field("settle", &self.settle)
+            .finish()
     }
 }

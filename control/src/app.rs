@@ -96,7 +96,7 @@ impl App {
         let response = self.decide(req).await;
         match &response.verdict {
             Some(Verdict::Allow(_)) => self.metrics.decision("allowed", ""),
-            Some(Verdict::Deny(d)) => self.metrics.decision("denied", &d.code),
+            Some(Verdict::Deny(d)) => self.metrics.decision("denied", d.denial_code().map_or("", |c| c.as_str())),
             Some(Verdict::Replay(_)) => self.metrics.decision("replayed", ""),
             None => {}
         }
@@ -156,8 +156,8 @@ impl App {
                 call_id: chosen_call_id(&req.call_id),
                 settle: false,
             };
-            // The worker may decide the key's next reads itself (see revocation.rs).
-            metadata.upstream_authorization = allow.upstream_authorization.clone();
+            // The worker may decide the key's next reads itself (see revocation.rs),
+            // with the credential of this Allow.
             return wire::AuthorizeResponse { verdict: Some(Verdict::Allow(allow)), key: Some(metadata) };
         }
         let plan = CallPlan {
@@ -269,7 +269,7 @@ impl App {
         entry.call_id = new_id("call");
         entry.stage = "call".into();
         entry.decision = "denied".into();
-        entry.reason = denial.code().into();
+        entry.reason = denial.code().as_str().into();
         entry.outcome = "not_sent".into();
         if let Err(e) = self.store.write_applied(move |l| l.append_audit(&entry).map(|_| ())).await {
             tracing::error!(error = %e, "could not record a denial");
@@ -402,7 +402,6 @@ fn metadata(key: &KeyRecord) -> wire::KeyMetadata {
         expires_at: key.expires_at,
         revoked: key.revoked_at.is_some(),
         allowed_accounts: key.allowed_accounts.clone(),
-        upstream_authorization: String::new(),
         generation: 0,
     }
 }
@@ -478,7 +477,7 @@ fn entry_from_record(
         fingerprint: r.fingerprint,
         stripe_account: if r.stripe_account.is_empty() { r.stripe_context } else { r.stripe_account },
         request_id: r.request_id,
-        object_id: r.object_id,
+        object_id: String::new(),
         latency_us: Some(r.latency_us),
         detail: r.detail,
         mcp_tool: r.mcp_tool,

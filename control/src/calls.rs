@@ -264,7 +264,7 @@ fn rank(s: &Seen) -> u8 {
 }
 
 fn deny(ledger: &mut dyn Ledger, plan: &CallPlan, resolved: Option<&Resolved>, denial: Denial) -> StoreResult<Begun> {
-    let mut entry = entry_for(plan, resolved, "denied", denial.code());
+    let mut entry = entry_for(plan, resolved, "denied", denial.code().as_str());
     entry.stage = "call".into();
     entry.outcome = "not_sent".into();
     ledger.append_audit(&entry)?;

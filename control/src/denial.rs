@@ -2,8 +2,9 @@
 //! Stripe's error shape in one place. Messages never carry a secret.
 
 use keybrake_core::account::AccountError;
+use keybrake_core::denial::DenialCode;
 use keybrake_core::money::UsdMicros;
-use keybrake_core::stripe_error::{ErrorType, StripeError};
+use keybrake_core::stripe_error::StripeError;
 
 use crate::model::Spend;
 
@@ -45,125 +46,97 @@ pub enum Denial {
 }
 
 impl Denial {
-    /// Stable reason code: Stripe's `error.code`, the audit trail's `reason`, metrics' label.
-    pub fn code(&self) -> &'static str {
+    /// The typed code: Stripe's status, error type, code and Should-Retry follow from it.
+    pub fn code(&self) -> DenialCode {
         match self {
-            Denial::KeyUnknown => "vault_key_unknown",
-            Denial::KeyRevoked => "vault_key_revoked",
-            Denial::KeyExpired => "vault_key_expired",
-            Denial::KeySuspended => "vault_key_suspended",
-            Denial::WrongVendor { .. } => "vault_key_wrong_vendor",
-            Denial::OutOfScope { .. } => "endpoint_not_allowed",
-            Denial::Account(e) if e.is_malformed() => "account_header_invalid",
-            Denial::Account(_) => "account_not_allowed",
-            Denial::UnpricedNotAllowed { .. } => "unpriced_call_not_allowed",
-            Denial::CurrencyWithoutRate(_) => "currency_without_fx_rate",
-            Denial::CurrencyInvalid(_) => "currency_invalid",
-            Denial::PerCallLimit { .. } => "per_call_limit_exceeded",
-            Denial::CapExceeded { .. } => "spend_cap_exceeded",
-            Denial::IdempotencyInUse => "idempotency_key_in_use",
-            Denial::IdempotencyMismatch => "idempotency_key_reused",
-            Denial::ReplayUnavailable => "idempotency_replay_unavailable",
-            Denial::StorageUnavailable => "keybrake_storage_unavailable",
-            Denial::BadRequest(_) => "keybrake_bad_request",
+            Denial::KeyUnknown => DenialCode::VaultKeyUnknown,
+            Denial::KeyRevoked => DenialCode::VaultKeyRevoked,
+            Denial::KeyExpired => DenialCode::VaultKeyExpired,
+            Denial::KeySuspended => DenialCode::VaultKeySuspended,
+            Denial::WrongVendor { .. } => DenialCode::WrongVendor,
+            Denial::OutOfScope { .. } => DenialCode::EndpointNotAllowed,
+            Denial::Account(e) if e.is_malformed() => DenialCode::AccountHeaderInvalid,
+            Denial::Account(_) => DenialCode::AccountNotAllowed,
+            Denial::UnpricedNotAllowed { .. } => DenialCode::UnpricedCallNotAllowed,
+            Denial::CurrencyWithoutRate(_) => DenialCode::CurrencyWithoutFxRate,
+            Denial::CurrencyInvalid(_) => DenialCode::CurrencyInvalid,
+            Denial::PerCallLimit { .. } => DenialCode::PerCallLimitExceeded,
+            Denial::CapExceeded { .. } => DenialCode::SpendCapExceeded,
+            Denial::IdempotencyInUse => DenialCode::IdempotencyKeyInUse,
+            Denial::IdempotencyMismatch => DenialCode::IdempotencyKeyReused,
+            Denial::ReplayUnavailable => DenialCode::IdempotencyReplayUnavailable,
+            Denial::StorageUnavailable => DenialCode::StorageUnavailable,
+            Denial::BadRequest(_) => DenialCode::BadRequest,
+        }
+    }
+
+    /// What the message says beyond the code: the figures and names this service knows.
+    pub fn message(&self) -> String {
+        match self {
+            Denial::KeyUnknown => "Invalid vault key provided: no such key.".into(),
+            Denial::KeyRevoked => "This vault key has been revoked.".into(),
+            Denial::KeyExpired => "This vault key has expired.".into(),
+            Denial::KeySuspended => "This vault key is suspended: one of its calls moved more money than Keybrake \
+                                     priced. An operator must reinstate or revoke it."
+                .into(),
+            Denial::WrongVendor { key_vendor, route_vendor } => {
+                format!("This vault key is for {key_vendor}, not {route_vendor}.")
+            }
+            Denial::OutOfScope { method, path } => format!("This vault key does not allow {method} {path}."),
+            Denial::Account(e) => format!("{e}."),
+            Denial::UnpricedNotAllowed { reason } => format!(
+                "This call moves money but its amount is not in the request ({reason}); a capped vault key refuses it \
+                 unless created with \"allow_unpriced_calls\": true."
+            ),
+            Denial::CurrencyWithoutRate(c) => {
+                format!("No FX rate for currency '{c}': the operator has not set one, and Keybrake never guesses.")
+            }
+            Denial::CurrencyInvalid(c) => format!("Invalid currency: {c:?}."),
+            Denial::PerCallLimit { limit, amount } => {
+                format!(
+                    "Per-call limit exceeded: this call would move {amount}; the key allows at most {limit} per call."
+                )
+            }
+            Denial::CapExceeded { cap, spend, amount } => format!(
+                "Spend cap exceeded: this call would move {amount}; the key's daily cap is {cap}, spent today {} \
+                 (+{} reserved, {} uncertain).",
+                UsdMicros(spend.committed),
+                UsdMicros(spend.reserved),
+                UsdMicros(spend.uncertain)
+            ),
+            Denial::IdempotencyInUse => "There is currently another in-progress request using this idempotency key \
+                                         (or identical request). Retry after the first one completes."
+                .into(),
+            Denial::IdempotencyMismatch => "Keys for idempotent requests can only be used with the same parameters \
+                                            and endpoint they were first used with."
+                .into(),
+            Denial::ReplayUnavailable => {
+                "This request was already completed, but its response was too large to keep for a replay.".into()
+            }
+            Denial::StorageUnavailable => {
+                "Keybrake's storage is unavailable; the request was not sent to Stripe.".into()
+            }
+            Denial::BadRequest(m) => format!("Malformed gateway request: {m}."),
+        }
+    }
+
+    /// The request parameter or header at fault.
+    pub fn param(&self) -> Option<String> {
+        match self {
+            Denial::Account(e) => Some(e.header().into()),
+            Denial::CurrencyWithoutRate(_) | Denial::CurrencyInvalid(_) => Some("currency".into()),
+            _ => None,
         }
     }
 
     pub fn to_stripe_error(&self) -> StripeError {
-        let code = self.code();
-        let invalid =
-            |status: u16, message: String| StripeError::new(status, ErrorType::InvalidRequestError, code, message);
-        match self {
-            Denial::KeyUnknown => invalid(401, "Invalid vault key provided: no such key.".into()),
-            Denial::KeyRevoked => invalid(401, "This vault key has been revoked.".into()),
-            Denial::KeyExpired => invalid(401, "This vault key has expired.".into()),
-            Denial::KeySuspended => invalid(
-                401,
-                "This vault key is suspended: one of its calls moved more money than Keybrake priced. \
-                 An operator must reinstate or revoke it."
-                    .into(),
-            )
-            .with_should_retry(false),
-            Denial::WrongVendor { key_vendor, route_vendor } => {
-                invalid(403, format!("This vault key is for {key_vendor}, not {route_vendor}."))
-            }
-            Denial::OutOfScope { method, path } => {
-                invalid(403, format!("This vault key does not allow {method} {path}."))
-            }
-            Denial::Account(e) => {
-                invalid(if e.is_malformed() { 400 } else { 403 }, format!("{e}.")).with_param(Some(e.header().into()))
-            }
-            Denial::UnpricedNotAllowed { reason } => invalid(
-                403,
-                format!(
-                    "This call moves money but its amount is not in the request ({reason}); a capped vault key refuses it \
-                     unless created with \"allow_unpriced_calls\": true."
-                ),
-            ),
-            Denial::CurrencyWithoutRate(c) => invalid(
-                400,
-                format!("No FX rate for currency '{c}': the operator has not set one, and Keybrake never guesses."),
-            )
-            .with_param(Some("currency".into())),
-            Denial::CurrencyInvalid(c) => invalid(400, format!("Invalid currency: {c:?}.")).with_param(Some("currency".into())),
-            Denial::PerCallLimit { limit, amount } => {
-                invalid(429, format!("Per-call limit exceeded: this call would move {amount}; the key allows at most {limit} per call."))
-                    .with_should_retry(false)
-            }
-            Denial::CapExceeded { cap, spend, amount } => invalid(
-                429,
-                format!(
-                    "Spend cap exceeded: this call would move {amount}; the key's daily cap is {cap}, spent today {} \
-                     (+{} reserved, {} uncertain).",
-                    UsdMicros(spend.committed),
-                    UsdMicros(spend.reserved),
-                    UsdMicros(spend.uncertain)
-                ),
-            )
-            .with_should_retry(false),
-            Denial::IdempotencyInUse => StripeError::new(
-                409,
-                ErrorType::IdempotencyError,
-                code,
-                "There is currently another in-progress request using this idempotency key (or identical request). \
-                 Retry after the first one completes.",
-            ),
-            Denial::IdempotencyMismatch => StripeError::new(
-                400,
-                ErrorType::IdempotencyError,
-                code,
-                "Keys for idempotent requests can only be used with the same parameters and endpoint they were first used with.",
-            ),
-            Denial::ReplayUnavailable => StripeError::new(
-                409,
-                ErrorType::IdempotencyError,
-                code,
-                "This request was already completed, but its response was too large to keep for a replay.",
-            )
-            .with_should_retry(false),
-            Denial::StorageUnavailable => StripeError::new(
-                503,
-                ErrorType::ApiError,
-                code,
-                "Keybrake's storage is unavailable; the request was not sent to Stripe.",
-            )
-            .with_should_retry(true),
-            Denial::BadRequest(m) => invalid(400, format!("Malformed gateway request: {m}.")),
-        }
+        self.code().render(&self.message(), self.param())
     }
 }
 
 impl From<&Denial> for crate::wire::Deny {
     fn from(d: &Denial) -> crate::wire::Deny {
-        let e = d.to_stripe_error();
-        crate::wire::Deny {
-            http_status: u32::from(e.status),
-            error_type: e.error_type.as_str().to_owned(),
-            code: e.code,
-            message: e.message,
-            should_retry: e.should_retry.map(|r| r.to_string()).unwrap_or_default(),
-            param: e.param.unwrap_or_default(),
-        }
+        crate::wire::Deny { code: d.code() as i32, message: d.message(), param: d.param().unwrap_or_default() }
     }
 }
 
@@ -183,5 +156,20 @@ mod tests {
         assert!(e.message.contains("Spend cap exceeded"));
         assert!(e.message.contains("$32.99") && e.message.contains("$10.00") && e.message.contains("$2999.00"));
         assert_eq!(e.should_retry, Some(false));
+    }
+
+    #[test]
+    fn the_wire_enum_and_the_shared_codes_are_the_same_numbers() {
+        use crate::wire::DenialCode as Wire;
+        for code in DenialCode::ALL {
+            let wire = Wire::try_from(code as i32).expect("the contract has every code");
+            let name = wire.as_str_name().to_ascii_lowercase();
+            let text = code.as_str();
+            assert!(
+                name == text || text.ends_with(&name) || name.ends_with(text.trim_start_matches("keybrake_")),
+                "{name} vs {text}"
+            );
+        }
+        assert_eq!(Wire::try_from(DenialCode::ALL.len() as i32 + 1).ok(), None, "no code the core lacks");
     }
 }

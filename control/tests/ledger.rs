@@ -26,7 +26,7 @@ fn allowed_call(v: Verdict) -> (String, String) {
 
 fn denied_code(v: Verdict) -> String {
     match v {
-        Verdict::Deny(d) => d.code,
+        Verdict::Deny(d) => d.denial_code().map(|c| c.as_str()).unwrap_or_default().to_owned(),
         other => panic!("expected deny, got {other:?}"),
     }
 }
@@ -58,7 +58,7 @@ storage_test! {
         for t in tasks {
             match t.await.unwrap().verdict.unwrap() {
                 Verdict::Allow(_) => allowed += 1,
-                Verdict::Deny(d) => assert_eq!(d.code, "spend_cap_exceeded"),
+                Verdict::Deny(d) => assert_eq!(d.denial_code().map(|c| c.as_str()).unwrap_or_default(), "spend_cap_exceeded"),
                 Verdict::Replay(_) => panic!("no replays expected"),
             }
         }
@@ -85,7 +85,7 @@ storage_test! {
             for t in tasks {
                 match t.await.unwrap().verdict.unwrap() {
                     Verdict::Allow(_) => allowed += 1,
-                    Verdict::Deny(d) => assert_eq!(d.code, "idempotency_key_in_use", "{}", h.name),
+                    Verdict::Deny(d) => assert_eq!(d.denial_code().map(|c| c.as_str()).unwrap_or_default(), "idempotency_key_in_use", "{}", h.name),
                     Verdict::Replay(_) => panic!("{}: nothing finished, nothing to replay", h.name),
                 }
             }

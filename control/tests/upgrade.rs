@@ -257,7 +257,7 @@ storage_test! {
         // $900 already spent today of $1,000: $200 more is refused.
         let over = h.app.authorize(charge(&data.key, 20_000, "usd", "new-over")).await;
         match over.verdict.unwrap() {
-            Verdict::Deny(d) => assert_eq!(d.code, "spend_cap_exceeded", "{name}"),
+            Verdict::Deny(d) => assert_eq!(d.denial_code().map(|c| c.as_str()).unwrap_or_default(), "spend_cap_exceeded", "{name}"),
             other => panic!("{name}: a charge past the old spend went through: {other:?}"),
         }
         // The old call's retry is replayed from the old record, not forwarded.

@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod currency;
+pub mod denial;
 pub mod fingerprint;
 pub mod form;
 pub mod money;

@@ -124,10 +124,7 @@ fn a_read_is_allowed_by_authorize_and_forwarded_with_the_real_key_and_the_canoni
     assert_eq!((call.context, call.timeout_ms), (s, 10_000));
     let req = authorize_request(&call);
     assert_eq!(req.vault_key_hash, key().hash().to_vec());
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str(), req.query.as_str()),
-        ("GET", "/v1/charges/ch_1", "expand[]=customer")
-    );
+    assert_eq!((req.method.as_str(), req.path.as_str()), ("GET", "/v1/charges/ch_1"));
     assert_eq!(req.price.as_ref().map(|p| p.kind), Some(Kind::Free as i32));
     assert!(req.call_id.starts_with("call_") && req.call_id.len() == 33, "{}", req.call_id);
     assert_eq!(f.host().stream(s).unwrap().request_resumed, 0, "held until the answer");
@@ -274,12 +271,10 @@ fn a_refusal_is_a_stripe_error_and_nothing_is_forwarded() {
     ];
     f.request_headers(s, &headers, false).unwrap();
     f.request_body(s, b"amount=299900&currency=usd", true).unwrap();
+    // A typed code: the filter renders status, type and Should-Retry from it.
     let deny = wire::Deny {
-        http_status: 429,
-        error_type: "invalid_request_error".into(),
-        code: "spend_cap_exceeded".into(),
+        code: wire::DenialCode::SpendCapExceeded as i32,
         message: "Spend cap exceeded".into(),
-        should_retry: "false".into(),
         param: String::new(),
     };
     let answer = wire::AuthorizeResponse { verdict: Some(Verdict::Deny(deny)), key: None }.encode_to_vec();
@@ -420,7 +415,6 @@ fn the_revocation_stream_lets_reads_be_decided_locally_until_the_key_is_revoked(
         vendor: "stripe".into(),
         allowed_endpoints: vec!["GET /v1/charges/*".into()],
         expires_at: NOW_S + 3_600,
-        upstream_authorization: "Bearer sk_test_real".into(),
         generation: 5,
         ..Default::default()
     };

@@ -182,8 +182,6 @@ impl Run {
                 object_id: String::new(),
             }),
             fingerprint,
-            query: String::new(),
-            metadata_only: false,
             call_id: format!("call_bench{}x{n}", self.nonce),
             stripe_context: String::new(),
             mcp_tool: String::new(),
@@ -259,7 +257,7 @@ async fn worker(mut client: GatewayClient<Channel>, run: Arc<Run>, until: Instan
             Ok(Some(Verdict::Deny(d))) => {
                 t.denied += 1;
                 if t.first_error.is_none() {
-                    t.first_error = Some(format!("denied: {} {}", d.code, d.message));
+                    t.first_error = Some(format!("denied: code {} {}", d.code, d.message));
                 }
                 continue;
             }
