@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 
-use keybrake_core::account;
-use keybrake_core::scope::{any_matches, Scope};
+use keybrake_core::permission::{permits, CallShape, KeyTerms};
+use keybrake_core::scope::Scope;
 use keybrake_core::vault_key::KeyHash;
+use keybrake_core::vendor::Vendor;
 
 use crate::request::Incoming;
 use crate::wire::{KeyMetadata, Revocation};
@@ -123,16 +124,29 @@ impl CachedKey {
         &self.upstream.0
     }
 
-    /// Whether the control service would allow this stateless call: same
-    /// vendor, not expired, in scope, account allowed. Anything else goes to
-    /// the control service, which decides and records the refusal.
+    /// Whether the control service would allow this stateless call (the one
+    /// rule, `keybrake_core::permission`). Anything else goes to the control
+    /// service, which decides and records the refusal.
     pub fn allows(&self, incoming: &Incoming, now_secs: i64) -> bool {
         let m = &self.metadata;
-        m.vendor == incoming.vendor
-            && !m.revoked
-            && now_secs < m.expires_at
-            && any_matches(&self.scopes, incoming.method, &incoming.target.path)
-            && account::check(&m.allowed_accounts, &incoming.stripe_account, &incoming.stripe_context).is_ok()
+        let Some(vendor) = Vendor::parse(&m.vendor) else { return false };
+        let terms = KeyTerms {
+            vendor,
+            scopes: &self.scopes,
+            allowed_accounts: &m.allowed_accounts,
+            expires_at: m.expires_at,
+            revoked: m.revoked,
+            // A suspended key is never allowed, so never cached.
+            suspended: false,
+        };
+        let call = CallShape {
+            vendor: &incoming.vendor,
+            method: incoming.method,
+            path: &incoming.target.path,
+            stripe_account: &incoming.stripe_account,
+            stripe_context: &incoming.stripe_context,
+        };
+        permits(&terms, &call, now_secs).is_ok()
     }
 }
 

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use keybrake_core::account;
+use keybrake_core::permission::{permits, CallShape, Refused};
 use keybrake_core::pricing;
-use keybrake_core::scope::{any_matches, Method};
-use keybrake_core::vendor::Vendor;
+use keybrake_core::scope::Method;
 
 use crate::admin::auth_limit::FailureLimiter;
 use crate::calls::{begin_call, settle_call, Begun, CallPlan, Settled, Settlement};
@@ -17,12 +16,12 @@ use crate::denial::Denial;
 use crate::ids::new_id;
 use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
-use crate::model::{AuditEntry, KeyRecord, KeyState};
+use crate::model::{AuditEntry, KeyRecord};
 use crate::revocation::Revocations;
 use crate::secrets::Vault;
 use crate::store::{Ledger, Store, StoreError, StoreResult};
-use crate::usd::FxTable;
-use crate::wire::{self, authorize_response::Verdict, price::Kind};
+use crate::usd::{FxTable, Quote, QuoteCurrency};
+use crate::wire::{self, authorize_response::Verdict};
 
 /// Tunables of the gateway's bookkeeping.
 #[derive(Debug, Clone)]
@@ -144,9 +143,12 @@ impl App {
         let Some(method) = Method::parse(&req.method) else {
             return self.refuse(context, Some(metadata), Denial::BadRequest("unknown method".into())).await;
         };
-        let price = req.price.clone().unwrap_or_default();
-        let stateful =
-            pricing::holds_state(method, &req.path, price.kind == Kind::Free as i32, !req.idempotency_key.is_empty());
+        // The wire's price becomes the domain's here, at the edge.
+        let price = match Quote::try_from(req.price.clone().unwrap_or_default()) {
+            Ok(quote) => quote,
+            Err(denial) => return self.refuse(context, Some(metadata), denial).await,
+        };
+        let stateful = pricing::holds_state(method, &req.path, price == Quote::Free, !req.idempotency_key.is_empty());
         if !stateful {
             // Reads and free calls without a caller key hold no state: the
             // filter records them in its audit batches.
@@ -373,20 +375,26 @@ fn chosen_call_id(proposed: &str) -> String {
 }
 
 fn check_key(key: &KeyRecord, req: &wire::AuthorizeRequest, now: i64) -> Result<(), Denial> {
-    match key.state(now) {
-        KeyState::Revoked => return Err(Denial::KeyRevoked),
-        KeyState::Expired => return Err(Denial::KeyExpired),
-        KeyState::Suspended => return Err(Denial::KeySuspended),
-        KeyState::Active => {}
-    }
-    if Vendor::parse(&req.vendor) != Some(key.vendor) {
-        return Err(Denial::WrongVendor { key_vendor: key.vendor.as_str().into(), route_vendor: req.vendor.clone() });
-    }
-    let in_scope = Method::parse(&req.method).is_some_and(|m| any_matches(&key.scopes, m, &req.path));
-    if !in_scope {
-        return Err(Denial::OutOfScope { method: req.method.clone(), path: req.path.clone() });
-    }
-    account::check(&key.allowed_accounts, &req.stripe_account, &req.stripe_context).map_err(Denial::Account)
+    let Some(method) = Method::parse(&req.method) else {
+        return Err(Denial::BadRequest("unknown method".into()));
+    };
+    let call = CallShape {
+        vendor: &req.vendor,
+        method,
+        path: &req.path,
+        stripe_account: &req.stripe_account,
+        stripe_context: &req.stripe_context,
+    };
+    permits(&key.terms(), &call, now).map_err(|refused| match refused {
+        Refused::Revoked => Denial::KeyRevoked,
+        Refused::Expired => Denial::KeyExpired,
+        Refused::Suspended => Denial::KeySuspended,
+        Refused::WrongVendor { key_vendor } => {
+            Denial::WrongVendor { key_vendor: key_vendor.as_str().into(), route_vendor: req.vendor.clone() }
+        }
+        Refused::OutOfScope => Denial::OutOfScope { method: req.method.clone(), path: req.path.clone() },
+        Refused::Account(e) => Denial::Account(e),
+    })
 }
 
 fn deny(denial: &Denial, key: Option<wire::KeyMetadata>) -> wire::AuthorizeResponse {
@@ -448,7 +456,15 @@ fn entry_from_record(
             l
         }
     };
-    let price = r.price.unwrap_or_default();
+    // A record's price is for the audit trail only: one the filter could not have sent reads as none.
+    let quote = r.price.and_then(|p| Quote::try_from(p).ok());
+    let (amount_minor, currency, usd_micros, price_basis) = match quote {
+        Some(Quote::Free) => (None, String::new(), Some(0), "free".to_owned()),
+        Some(Quote::Amount { minor, currency: QuoteCurrency::Given(c), basis, .. }) => (Some(minor), c, None, basis),
+        Some(Quote::Amount { basis, .. } | Quote::ObjectAmount { basis, .. }) => (None, String::new(), None, basis),
+        Some(Quote::Unpriced { reason }) => (None, String::new(), None, reason),
+        None => (None, String::new(), None, String::new()),
+    };
     let outcome = match wire::Outcome::try_from(r.outcome).unwrap_or(wire::Outcome::Unspecified) {
         wire::Outcome::Responded => "responded",
         wire::Outcome::NotSent => "not_sent",
@@ -468,10 +484,10 @@ fn entry_from_record(
         reason: r.reason,
         outcome: outcome.into(),
         upstream_status: (r.http_status != 0).then_some(r.http_status),
-        amount_minor: (price.kind == Kind::Amount as i32 && !price.currency.is_empty()).then_some(price.amount_minor),
-        currency: price.currency,
-        usd_micros: (price.kind == Kind::Free as i32).then_some(0),
-        price_basis: price.basis,
+        amount_minor,
+        currency,
+        usd_micros,
+        price_basis,
         idempotency_key: r.idempotency_key,
         forwarded_idempotency_key: String::new(),
         fingerprint: r.fingerprint,

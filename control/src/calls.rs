@@ -12,8 +12,8 @@ use crate::model::{
 };
 use crate::reconcile::{self, at_highest_known_rate, Mismatch};
 use crate::store::{Ledger, StoreError, StoreResult};
-use crate::usd::{resolve, to_usd, FxTable, Resolved};
-use crate::wire::{Outcome, Price};
+use crate::usd::{resolve, to_usd, FxTable, Quote, Resolved};
+use crate::wire::Outcome;
 
 /// Everything `begin_call` needs, gathered before the transaction.
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct CallPlan {
     pub call_id: String,
     pub now: i64,
     pub day: i64,
-    pub price: Price,
+    pub price: Quote,
     pub fx: std::sync::Arc<FxTable>,
     /// Hash of the upstream credential and `Stripe-Account`: idempotency is per upstream account.
     pub account: String,
@@ -83,7 +83,7 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
         }
     }
 
-    let moves_money = !matches!(&resolved, Resolved::Priced { usd: UsdMicros(0), basis, .. } if basis == "free");
+    let moves_money = !matches!(&resolved, Resolved::Free);
     let ops = op_keys(plan, moves_money);
     let mut existing: Vec<(OpKind, String, Option<IdemRecord>)> = Vec::new();
     let mut seen: Option<Seen> = None;
@@ -286,6 +286,10 @@ fn entry_for(plan: &CallPlan, resolved: Option<&Resolved>, decision: &str, reaso
             e.price_basis = basis.clone();
         }
         Some(Resolved::Unpriced { reason }) => e.price_basis = format!("unpriced: {reason}"),
+        Some(Resolved::Free) => {
+            e.usd_micros = Some(0);
+            e.price_basis = "free".into();
+        }
         None => {}
     }
     e

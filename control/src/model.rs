@@ -65,6 +65,18 @@ pub enum KeyState {
 }
 
 impl KeyRecord {
+    /// What the key allows, for the one rule both sides apply (`keybrake_core::permission`).
+    pub fn terms(&self) -> keybrake_core::permission::KeyTerms<'_> {
+        keybrake_core::permission::KeyTerms {
+            vendor: self.vendor,
+            scopes: &self.scopes,
+            allowed_accounts: &self.allowed_accounts,
+            expires_at: self.expires_at,
+            revoked: self.revoked_at.is_some(),
+            suspended: self.suspended_at.is_some(),
+        }
+    }
+
     pub fn state(&self, now: i64) -> KeyState {
         if self.revoked_at.is_some() {
             KeyState::Revoked

@@ -15,9 +15,59 @@ use crate::wire::{price::Kind, Price};
 /// FX rates by lower-case currency code.
 pub type FxTable = HashMap<String, FxRate>;
 
-/// A priced call.
+/// What the filter priced a call at, as the control service reasons about
+/// it: converted from the wire's `Price` at the gRPC edge (`TryFrom`), so
+/// nothing past it sees wire types or magic strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quote {
+    /// Moves no money.
+    Free,
+    /// `minor` units of a currency given in the call, or of the object's.
+    Amount { minor: i64, currency: QuoteCurrency, basis: String, payout: bool },
+    /// The recorded amount of an object created through the gateway.
+    ObjectAmount { object_id: String, basis: String },
+    /// Moves money, but the call does not say how much.
+    Unpriced { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuoteCurrency {
+    Given(String),
+    OfObject(String),
+}
+
+impl TryFrom<Price> for Quote {
+    type Error = Denial;
+
+    fn try_from(p: Price) -> Result<Quote, Denial> {
+        let kind = Kind::try_from(p.kind).unwrap_or(Kind::Unspecified);
+        let currency = || {
+            if p.currency.is_empty() {
+                Ok(QuoteCurrency::OfObject(p.object_id.clone()))
+            } else {
+                Currency::parse(&p.currency)
+                    .map(|c| QuoteCurrency::Given(c.as_str().to_owned()))
+                    .map_err(|e| Denial::CurrencyInvalid(e.0))
+            }
+        };
+        match kind {
+            Kind::Free => Ok(Quote::Free),
+            Kind::Amount if p.amount_minor < 0 => Err(Denial::BadRequest("negative amount".into())),
+            Kind::Amount => {
+                Ok(Quote::Amount { minor: p.amount_minor, currency: currency()?, basis: p.basis, payout: p.payout })
+            }
+            Kind::ObjectAmount => Ok(Quote::ObjectAmount { object_id: p.object_id, basis: p.basis }),
+            Kind::Unpriced => Ok(Quote::Unpriced { reason: p.basis }),
+            Kind::Unspecified => Err(Denial::BadRequest("the call carries no price".into())),
+        }
+    }
+}
+
+/// A priced call, in USD.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
+    /// Moves no money.
+    Free,
     /// What the call moves, in USD and in its own currency.
     Priced { usd: UsdMicros, minor: i64, currency: String, basis: String },
     /// Moves money of an unknown amount.
@@ -28,38 +78,31 @@ impl Resolved {
     pub fn usd(&self) -> UsdMicros {
         match self {
             Resolved::Priced { usd, .. } => *usd,
-            Resolved::Unpriced { .. } => UsdMicros(0),
+            Resolved::Free | Resolved::Unpriced { .. } => UsdMicros(0),
         }
     }
 }
 
-/// Prices a call; `Err(Denial)` for a currency without a rate or a malformed price.
-pub fn resolve(ledger: &mut dyn Ledger, price: &Price, fx: &FxTable) -> StoreResult<Result<Resolved, Denial>> {
-    let kind = Kind::try_from(price.kind).unwrap_or(Kind::Unspecified);
-    let (minor, currency, basis) = match kind {
-        Kind::Free => {
-            return Ok(Ok(Resolved::Priced {
-                usd: UsdMicros(0),
-                minor: 0,
-                currency: String::new(),
-                basis: "free".into(),
-            }))
+/// Prices a call in USD; `Err(Denial)` for a currency without a rate.
+pub fn resolve(ledger: &mut dyn Ledger, quote: &Quote, fx: &FxTable) -> StoreResult<Result<Resolved, Denial>> {
+    let (minor, currency, basis, payout) = match quote {
+        Quote::Free => return Ok(Ok(Resolved::Free)),
+        Quote::Unpriced { reason } => return Ok(Ok(Resolved::Unpriced { reason: reason.clone() })),
+        Quote::Amount { minor, currency: QuoteCurrency::Given(c), basis, payout } => {
+            (*minor, c.clone(), basis.clone(), *payout)
         }
-        Kind::Unpriced => return Ok(Ok(Resolved::Unpriced { reason: price.basis.clone() })),
-        Kind::Unspecified => return Ok(Err(Denial::BadRequest("the call carries no price".into()))),
-        Kind::Amount if !price.currency.is_empty() => (price.amount_minor, price.currency.clone(), price.basis.clone()),
-        Kind::Amount => match ledger.object(&price.object_id)? {
-            Some(o) => {
-                (price.amount_minor, o.currency, format!("{} in the currency of {}", price.basis, price.object_id))
+        Quote::Amount { minor, currency: QuoteCurrency::OfObject(object_id), basis, payout } => {
+            match ledger.object(object_id)? {
+                Some(o) => (*minor, o.currency, format!("{basis} in the currency of {object_id}"), *payout),
+                None => return Ok(Ok(unknown_object(object_id, "currency"))),
             }
-            None => return Ok(Ok(unknown_object(&price.object_id, "currency"))),
-        },
-        Kind::ObjectAmount => match ledger.object(&price.object_id)? {
-            Some(o) => (o.amount_minor, o.currency, format!("recorded amount of {}", price.object_id)),
-            None => return Ok(Ok(unknown_object(&price.object_id, "amount"))),
+        }
+        Quote::ObjectAmount { object_id, .. } => match ledger.object(object_id)? {
+            Some(o) => (o.amount_minor, o.currency, format!("recorded amount of {object_id}"), false),
+            None => return Ok(Ok(unknown_object(object_id, "amount"))),
         },
     };
-    Ok(to_usd(minor, &currency, price.payout, fx).map(|usd| Resolved::Priced { usd, minor, currency, basis }))
+    Ok(to_usd(minor, &currency, payout, fx).map(|usd| Resolved::Priced { usd, minor, currency, basis }))
 }
 
 fn unknown_object(object_id: &str, what: &str) -> Resolved {
@@ -94,6 +137,30 @@ mod tests {
                 (c.to_owned(), FxRate { currency: c.into(), usd_per_unit: r.into(), as_of: "2026-11-26".into() })
             })
             .collect()
+    }
+
+    #[test]
+    fn a_wire_price_becomes_a_quote_at_the_edge() {
+        let wire = |kind: Kind, minor: i64, currency: &str| Price {
+            kind: kind as i32,
+            amount_minor: minor,
+            currency: currency.into(),
+            basis: "amount".into(),
+            ..Default::default()
+        };
+        assert_eq!(Quote::try_from(wire(Kind::Free, 0, "")), Ok(Quote::Free));
+        assert_eq!(
+            Quote::try_from(wire(Kind::Amount, 100, "USD")),
+            Ok(Quote::Amount {
+                minor: 100,
+                currency: QuoteCurrency::Given("usd".into()),
+                basis: "amount".into(),
+                payout: false
+            })
+        );
+        assert!(matches!(Quote::try_from(wire(Kind::Amount, -1, "usd")), Err(Denial::BadRequest(_))));
+        assert!(matches!(Quote::try_from(wire(Kind::Amount, 1, "u$d")), Err(Denial::CurrencyInvalid(_))));
+        assert!(matches!(Quote::try_from(wire(Kind::Unspecified, 1, "usd")), Err(Denial::BadRequest(_))));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod fingerprint;
 pub mod form;
 pub mod money;
 pub mod path;
+pub mod permission;
 pub mod pricing;
 pub mod scope;
 pub mod stripe_error;
