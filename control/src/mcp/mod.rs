@@ -44,6 +44,8 @@ use server::{Caller, KeybrakeMcp};
 
 /// Largest MCP request body (a tool call's arguments are small).
 const MAX_BODY: usize = 1024 * 1024;
+/// Largest body read before refusing it (bigger ones close the connection).
+const MAX_READ: usize = 8 * 1024 * 1024;
 
 /// The MCP endpoint's configuration (`keybrake serve --gateway-url`, `--mcp-allowed-hosts`).
 #[derive(Debug, Clone, Default)]
@@ -206,13 +208,21 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(caller);
     let body = if parts.method == Method::POST {
-        let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
-            Ok(b) => b,
+        // Read up to MAX_READ, so that a body over MAX_BODY is refused with the
+        // connection still usable (the proxy in front may still be writing it);
+        // past MAX_READ the connection is closed instead.
+        let read = axum::body::to_bytes(body, MAX_READ).await;
+        let too_large = || {
+            let message = "Invalid Request: the body is too large (1 MiB at most) or was cut off.";
+            let mut r = jsonrpc_error(Value::Null, -32600, message).into_response();
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            r
+        };
+        let bytes = match read {
+            Ok(b) if b.len() <= MAX_BODY => b,
+            Ok(_) => return too_large(),
             Err(_) => {
-                let mut r =
-                    jsonrpc_error(Value::Null, -32600, "Invalid Request: the body is too large or was cut off.")
-                        .into_response();
-                *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                let mut r = too_large();
                 r.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
                 return r;
             }
