@@ -107,7 +107,7 @@ impl ServerHandler for KeybrakeMcp {
             Err(e) => {
                 self.app.metrics.mcp_calls.with_label_values(&[def.name, "invalid_arguments"]).inc();
                 tracing::info!(tool = def.name, key_id = %caller.key_id, code = e.code, "mcp: arguments refused");
-                return Ok(argument_error(&e).into());
+                return Ok(argument_error(&e, caller.credential.expose()).into());
             }
         };
         // POSTs carry an idempotency key: the caller's, else one derived from
@@ -203,12 +203,14 @@ fn error_result(status: u16, error: Value, should_retry: bool) -> CallToolResult
     r
 }
 
-fn argument_error(e: &ArgError) -> CallToolResult {
+/// An argument refused before anything was sent. Names of arguments are the
+/// agent's text, quoted back: redacted like everything else.
+fn argument_error(e: &ArgError, vault_key: &str) -> CallToolResult {
     let error = json!({
         "type": "invalid_request_error",
         "code": e.code,
-        "message": format!("{} Nothing was sent to Stripe.", e.message),
-        "param": e.param,
+        "message": redact(&format!("{} Nothing was sent to Stripe.", e.message), vault_key),
+        "param": redact(&e.param, vault_key),
     });
     error_result(400, error, false)
 }
