@@ -51,7 +51,7 @@ scripts/fuzz.sh 20
 step "end-to-end tests"
 .venv/bin/pytest "$@"
 if [ $# -eq 0 ]; then
-  step "end-to-end tests of the control service on PostgreSQL (API, caps, dedup, audit)"
+  step "end-to-end tests of the control service on PostgreSQL (API, caps, dedup, audit, MCP)"
   KEYBRAKE_E2E_BACKEND=postgres .venv/bin/pytest tests/e2e/test_gateway.py tests/e2e/test_caps.py \
-    tests/e2e/test_dedup.py tests/e2e/test_operate.py
+    tests/e2e/test_dedup.py tests/e2e/test_operate.py tests/e2e/test_mcp.py
 fi

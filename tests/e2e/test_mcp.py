@@ -34,13 +34,6 @@ SEEN: list[str] = []
 ISSUED: list[str] = []
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("mcp")).start()
-    yield s
-    s.stop()
-
-
 def issue(stack: Stack, **fields: Any) -> dict:
     key = stack.issue_key(**fields)
     ISSUED.append(key["vault_key"])
