@@ -98,7 +98,9 @@ impl ServerHandler for KeybrakeMcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&context)?;
         let Some(def) = catalogue::find(&request.name) else {
+            // The name is the agent's text, quoted back (and logged by rmcp): redacted like results.
             let name: String = request.name.chars().filter(|c| !c.is_control()).take(64).collect();
+            let name = redact(&name, caller.credential.expose()).into_owned();
             return Err(ErrorData::invalid_params(format!("Unknown tool: {name}"), None));
         };
         let arguments = request.arguments.unwrap_or_default();
