@@ -24,6 +24,8 @@
 #   KEYBRAKE_HTTP_LISTEN        the admin API on TCP for health, metrics and direct calls,
 #                               default 127.0.0.1:8081 (X-Forwarded-For ignored there)
 #   KEYBRAKE_ENVOY_ADMIN_PORT   Envoy's admin port on 127.0.0.1, default 9901
+#   KEYBRAKE_GATEWAY_URL        where the MCP endpoint (/mcp) sends tool calls: this gateway,
+#                               default http://$KEYBRAKE_LISTEN (127.0.0.1 for a wildcard address)
 #   KEYBRAKE_FX_RATES_FILE      JSON FX rates loaded at start (see README)
 #   KEYBRAKE_BIN                a control service binary to run instead of building one
 # Stop with Ctrl-C.
@@ -63,6 +65,12 @@ case $KEYBRAKE_HTTP_SOCKET in
 esac
 listen=${KEYBRAKE_LISTEN:-127.0.0.1:10000}
 envoy_admin_port=${KEYBRAKE_ENVOY_ADMIN_PORT:-9901}
+# The MCP endpoint's tool calls go through this gateway, with the agent's vault key.
+case $listen in
+  0.0.0.0:*|\[::\]:*) gateway_address=127.0.0.1:${listen##*:} ;;
+  *) gateway_address=$listen ;;
+esac
+export KEYBRAKE_GATEWAY_URL=${KEYBRAKE_GATEWAY_URL:-http://$gateway_address}
 
 pids=()
 envoy_pid=
@@ -96,6 +104,7 @@ Keybrake is running on http://$listen
   admin API:  http://$listen/admin/vault_keys
   Stripe:     http://$listen/stripe   (base address for stripe.StripeClient)
               http://$listen/v1/...   (the root, for SDKs that take a host and a port: stripe-node)
+  MCP:        http://$listen/mcp   (streamable HTTP for agents; Authorization: Bearer vk_...)
   data:       $KEYBRAKE_DATA_DIR
   control:    $KEYBRAKE_GRPC_LISTEN, unix:$KEYBRAKE_HTTP_SOCKET (user $(id -un) only)
 

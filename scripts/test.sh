@@ -59,7 +59,7 @@ step "end-to-end tests"
 if [ $# -eq 0 ]; then
   step "chaos run of the real stack (2 minutes; scripts/chaos.sh)"
   scripts/chaos.sh 2
-  step "end-to-end tests of the control service on PostgreSQL (API, caps, dedup, audit)"
+  step "end-to-end tests of the control service on PostgreSQL (API, caps, dedup, audit, MCP)"
   KEYBRAKE_E2E_BACKEND=postgres .venv/bin/pytest tests/e2e/test_gateway.py tests/e2e/test_caps.py \
-    tests/e2e/test_dedup.py tests/e2e/test_operate.py
+    tests/e2e/test_dedup.py tests/e2e/test_operate.py tests/e2e/test_mcp.py
 fi

@@ -54,6 +54,8 @@ pub struct App {
     pub auth_failures: FailureLimiter,
     /// Envoy's admin address, for the console's gateway counters (`--envoy-admin-url`).
     pub envoy_admin_url: Option<String>,
+    /// The MCP endpoint's gateway and accepted hosts (`--gateway-url`, `--mcp-allowed-hosts`).
+    pub mcp: crate::mcp::Settings,
     pub vault: Vault,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
@@ -69,6 +71,7 @@ impl App {
             keys: KeyCache::default(),
             auth_failures: FailureLimiter::default(),
             envoy_admin_url: None,
+            mcp: crate::mcp::Settings::default(),
             vault,
             clock,
             limits,

@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod ids;
 pub mod key_cache;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod peer;

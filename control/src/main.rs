@@ -63,6 +63,13 @@ enum Command {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYBRAKE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rmcp logs every MCP request's arguments and every result at debug level:
+    // an agent's arguments are its own text (it may paste anything), so the MCP
+    // layer logs at info at most; tool calls are logged by keybrake_control::mcp.
+    let filter = match "rmcp=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     // Colours only on a terminal: log files and CI output stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub store_seconds: HistogramVec,
     /// Failures by kind (`storage`, `bad_request`).
     pub errors: IntCounterVec,
+    /// MCP tool calls by tool (the catalogue's names) and outcome (`ok`,
+    /// `replayed`, `refused`, `invalid_arguments`, `gateway_unreachable`).
+    pub mcp_calls: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -62,6 +65,12 @@ impl Metrics {
             counter_vec(&registry, "keybrake_reservations_total", "Spend reservations by result", &["result"]);
         let settlements = counter_vec(&registry, "keybrake_settlements_total", "Settlements by verdict", &["verdict"]);
         let errors = counter_vec(&registry, "keybrake_errors_total", "Failures by kind", &["kind"]);
+        let mcp_calls = counter_vec(
+            &registry,
+            "keybrake_mcp_tool_calls_total",
+            "MCP tool calls by tool and outcome",
+            &["tool", "outcome"],
+        );
         let spend_committed_micros =
             counter(&registry, "keybrake_spend_committed_usd_micros_total", "Spend committed, in micro-dollars");
         let price_mismatches = counter(
@@ -88,6 +97,7 @@ impl Metrics {
             keys_suspended,
             store_seconds,
             errors,
+            mcp_calls,
         }
     }
 

@@ -84,6 +84,16 @@ pub struct ServeArgs {
     /// filter's counters from its /stats.
     #[arg(long, env = "KEYBRAKE_ENVOY_ADMIN_URL")]
     pub envoy_admin_url: Option<String>,
+    /// The gateway's base URL (e.g. http://127.0.0.1:10000), where the MCP
+    /// endpoint (/mcp) sends tool calls with the caller's vault key, so the
+    /// filter decides them like any call. Without it /mcp answers 503.
+    #[arg(long, env = "KEYBRAKE_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// Host header values /mcp accepts (comma-separated, e.g.
+    /// keybrake-egress.keybrake.svc.cluster.local:10000); default any: every
+    /// request must carry a vault key, so a DNS-rebound page gains nothing.
+    #[arg(long, env = "KEYBRAKE_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub mcp_allowed_hosts: Vec<String>,
     /// How often leases are checked and expired records purged, in milliseconds.
     #[arg(long, env = "KEYBRAKE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
@@ -123,6 +133,13 @@ enum GrpcListener {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The flags first: a channel open to anyone is refused before anything starts.
     let grpc_channel = args.grpc_channel()?;
+    if let Some(url) = args.gateway_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+            anyhow::bail!(
+                "--gateway-url (KEYBRAKE_GATEWAY_URL) must be an http:// or https:// URL, like http://127.0.0.1:10000"
+            );
+        }
+    }
     let stripe_key = secrets::from_env("KEYBRAKE_STRIPE_SECRET_KEY")?
         .ok_or(secrets::SecretError::Missing("KEYBRAKE_STRIPE_SECRET_KEY"))?;
     let admin_key =
@@ -138,6 +155,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut app = App::new(store, vault, clock, limits);
     app.envoy_admin_url = args.envoy_admin_url.clone().filter(|u| !u.trim().is_empty());
+    app.mcp = crate::mcp::Settings {
+        gateway_url: args.gateway_url.clone().filter(|u| !u.trim().is_empty()),
+        allowed_hosts: args.mcp_allowed_hosts.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect(),
+    };
     let app = Arc::new(app);
     if let Some(path) = &args.fx_rates_file {
         load_fx_file(&app, path).await?;

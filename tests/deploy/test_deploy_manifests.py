@@ -677,10 +677,14 @@ def test_only_the_gateway_leaves_the_cluster():
     assert all(peer_selects(p, "keybrake", dl.pod_labels(control), "keybrake") for p in to_control["to"])
     (c,) = dl.pod_spec(control)["containers"]
     assert sorted(p["port"] for p in to_control["ports"]) == sorted(p["containerPort"] for p in c["ports"])
-    # Ingress: Ray pods of the same namespace the Ray policy lives in.
+    # Ingress: Ray pods of the same namespace the Ray policy lives in, and the
+    # control service (its MCP endpoint's tool calls), on the gateway's port only.
     ray_ns = policy("keybrake-ray-egress")["metadata"]["namespace"]
-    (from_ray,) = [r for r in np["spec"]["ingress"] if "from" in r]
+    from_ray, from_control = [r for r in np["spec"]["ingress"] if "from" in r]
     assert all(peer_selects(p, ray_ns, RAY_PODS, "keybrake") for p in from_ray["from"])
+    assert all(peer_selects(p, "keybrake", dl.pod_labels(control), "keybrake") for p in from_control["from"])
+    gw_port = {p["name"]: p["containerPort"] for p in dl.pod_spec(gw)["containers"][0]["ports"]}["http"]
+    assert from_ray["ports"] == from_control["ports"] == [{"protocol": "TCP", "port": gw_port}]
     # No other policy in these files opens a way out.
     for other in KUBERAY.find("NetworkPolicy"):
         if other is not np:
@@ -698,6 +702,66 @@ def test_control_accepts_only_gateways():
     for gw in (egress_gateway(), istio_gateway_deployment()):
         assert peer_selects(peer, "keybrake", dl.pod_labels(gw), "keybrake")
     assert not peer_selects(peer, "keybrake", dl.pod_labels(control), "keybrake")
+
+
+def gateway_service(build, gateway: dict) -> dict:
+    (svc,) = [s for s in build.find("Service", namespace=gateway["metadata"]["namespace"])
+              if dl.selects(s["spec"]["selector"], dl.pod_labels(gateway))]
+    return svc
+
+
+def gateway_url(svc: dict) -> str:
+    (port,) = [p["port"] for p in svc["spec"]["ports"] if p["name"] == "http"]
+    host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    return f"http://{host}" if port == 80 else f"http://{host}:{port}"
+
+
+@pytest.mark.parametrize("name", ["kuberay", "istio"])
+def test_control_reaches_its_gateway_for_mcp(name):
+    """The MCP endpoint's tool calls go through the gateway: the control
+    service is told the gateway Service's address (KEYBRAKE_GATEWAY_URL, its
+    http port), and nothing in the deployment stops it from getting there."""
+    build = BUILDS[name]
+    gw = egress_gateway() if name == "kuberay" else istio_gateway_deployment()
+    svc = gateway_service(build, gw)
+    control = control_deployment(build)
+    (c,) = dl.pod_spec(control)["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["KEYBRAKE_GATEWAY_URL"] == gateway_url(svc)
+    assert "KEYBRAKE_MCP_ALLOWED_HOSTS" not in env, "any Host: every /mcp request needs a vault key"
+    # The port the Service sends that traffic to, on the gateway's container.
+    (http,) = [p for p in svc["spec"]["ports"] if p["name"] == "http"]
+    ports = {p["name"]: p["containerPort"] for x in dl.pod_spec(gw)["containers"] for p in x.get("ports", [])}
+    target = http["targetPort"] if isinstance(http["targetPort"], int) else ports[http["targetPort"]]
+    control_ns, gw_ns = control["metadata"]["namespace"], gw["metadata"]["namespace"]
+    # NetworkPolicies (where the deployment has them): some policy selecting the
+    # control pods lets them out to the gateway's port, and if any policy
+    # restricts the gateway's ingress, one admits the control pods there.
+    policies = build.find("NetworkPolicy")
+    egress = [p for p in policies if p["metadata"]["namespace"] == control_ns and "Egress" in p["spec"]["policyTypes"]
+              and dl.selects(p["spec"]["podSelector"], dl.pod_labels(control))]
+    if egress:
+        assert any(peer_selects(peer, gw_ns, dl.pod_labels(gw), control_ns) and {"protocol": "TCP", "port": target} in r["ports"]
+                   for p in egress for r in p["spec"].get("egress", []) for peer in r.get("to", [])), "no way out to the gateway"
+    ingress = [p for p in policies if p["metadata"]["namespace"] == gw_ns and "Ingress" in p["spec"]["policyTypes"]
+               and dl.selects(p["spec"]["podSelector"], dl.pod_labels(gw))]
+    if ingress:
+        assert any(peer_selects(peer, control_ns, dl.pod_labels(control), gw_ns) and {"protocol": "TCP", "port": target} in r["ports"]
+                   for p in ingress for r in p["spec"].get("ingress", []) for peer in r.get("from", [])), "the gateway refuses it"
+    assert name != "kuberay" or (egress and ingress), "the KubeRay deployment has both kinds of policy"
+    # Istio: no AuthorizationPolicy on the gateway shuts the control service out, and its
+    # sidecar speaks plain HTTP to the Gateway's HTTP server, as jobs do.
+    for authz in build.find("AuthorizationPolicy"):
+        selector = authz["spec"].get("selector", {}).get("matchLabels", {})
+        assert not (authz["metadata"]["namespace"] == gw_ns and dl.selects({"matchLabels": selector}, dl.pod_labels(gw))), (
+            f"{authz['metadata']['name']} restricts the gateway: allow the control service's identity there")
+    if name == "istio":
+        fqdn = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+        (dr,) = [d for d in build.find("DestinationRule") if d["spec"]["host"] == fqdn]
+        (level,) = dr["spec"]["trafficPolicy"]["portLevelSettings"]
+        assert level == {"port": {"number": http["port"]}, "tls": {"mode": "DISABLE"}}
+        (gateway,) = build.find("Gateway")
+        assert [s["port"]["protocol"] for s in gateway["spec"]["servers"]] == ["HTTP"]
 
 
 def test_kuberay_envoy_matches_its_pod():

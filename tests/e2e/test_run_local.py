@@ -72,6 +72,14 @@ def test_run_local_serves_a_capped_charge_and_stops_on_ctrl_c(tmp_path):
             raise AssertionError("the second charge should cross the cap")
         except stripe.RateLimitError as e:
             assert e.json_body["error"]["code"] == "spend_cap_exceeded"
+        # The MCP endpoint, whose tool calls go through this gateway (KEYBRAKE_GATEWAY_URL): refused by the cap too.
+        assert f"MCP:        {gateway}/mcp" in banner
+        mcp = httpx.post(f"{gateway}/mcp", timeout=30,
+                         headers={"Authorization": f"Bearer {key['vault_key']}", "Accept": "application/json, text/event-stream"},
+                         json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                               "params": {"name": "create_charge", "arguments": {"amount": 1000, "currency": "jpy"}}})
+        result = mcp.json()["result"]
+        assert result["isError"] is True and result["structuredContent"]["error"]["code"] == "spend_cap_exceeded", result
         shown = httpx.get(f"{gateway}/admin/vault_keys/{key['id']}", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
                           timeout=10).json()
         assert shown["spent_today_usd"] == 6.7

@@ -1,6 +1,6 @@
 """Secrets stay secret: after a run that exercises every path (charges,
 replays, refusals, typos, revoked keys, wrong admin keys, audit-scoped
-reads), neither the real Stripe key, nor the admin key, nor any vault key
+reads, MCP tool calls), neither the real Stripe key, nor the admin key, nor any vault key
 appears in any log, audit row, metric, error body, Envoy's config dump or the
 database files — and vault keys are stored only as their SHA-256."""
 import base64
@@ -42,8 +42,21 @@ def test_no_secret_leaks_anywhere(fresh_stack):
     call("GET", f"/stripe/v1/charges/ch_1?api_key={pay}")
     basic = base64.b64encode(f"{other}:".encode()).decode()
     call("POST", "/stripe/v1/charges", headers={"Authorization": f"Basic {basic}"}, data={"amount": 100, "currency": "usd"})
+    # The MCP endpoint: tool list, a charge and its replay, refusals (an argument named and valued like the key).
+    def mcp(key, method, params=None):
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, **({"params": params} if params is not None else {})}
+        return call("POST", "/mcp", key, json=body, headers={"Accept": "application/json, text/event-stream"})
+    mcp(pay, "tools/list")
+    for _ in range(2):
+        mcp(pay, "tools/call", {"name": "create_charge", "arguments": {"amount": 1500, "currency": "usd", "customer": "cus_mcp"}})
+    mcp(pay, "tools/call", {"name": "create_charge", "arguments": {"amount": 9000, "currency": "usd"}})
+    mcp(pay, "tools/call", {"name": "create_charge", "arguments": {"amount": 1, "currency": "usd", pay: pay}})
+    mcp(pay, "tools/call", {"name": "retrieve_charge", "arguments": {"charge": pay}})
+    mcp(auditor, "tools/call", {"name": "keybrake_audit_search", "arguments": {"idempotency_key": "k1"}})
+    mcp(pay[:-1] + ("a" if pay[-1] != "a" else "b"), "tools/list")
     s.admin("DELETE", f"/admin/vault_keys/{keys[1]['id']}")
     call("POST", "/stripe/v1/charges", other, data={"amount": 100, "currency": "usd"})
+    mcp(other, "tools/list")
     responses.append(s.admin("GET", "/admin/vault_keys", key="wrong-admin-key"))
     responses.append(s.admin("GET", "/admin/vault_keys", key=pay))
     responses.append(s.admin("GET", "/admin/audit", key=auditor, params={"idempotency_key": "k1"}))

@@ -64,6 +64,9 @@ class Cluster:
         # instance by another replica's database connections) before the
         # replica binds it. A restart reuses the ports the replica reported.
         self.http_ports = [0] * self.replicas
+        # The Envoys' ports first: each replica's MCP endpoint calls a gateway (KEYBRAKE_GATEWAY_URL).
+        self.listen_ports = [free_port() for _ in range(self.envoys)]
+        self.admin_ports = [free_port() for _ in range(self.envoys)]
         for i in range(self.replicas):
             self.start_replica(i)
         for i in range(self.envoys):
@@ -74,7 +77,8 @@ class Cluster:
         env = {**os.environ, "KEYBRAKE_STRIPE_SECRET_KEY": REAL_KEY, "KEYBRAKE_ADMIN_KEY": ADMIN_KEY,
                "KEYBRAKE_DATABASE_URL": self.database_url, "KEYBRAKE_GRPC_LISTEN": f"unix:{self.grpc_socket(i)}",
                "KEYBRAKE_HTTP_SOCKET": str(self.http_socket(i)), "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_ports[i]}",
-               "KEYBRAKE_DATA_DIR": str(self.workdir / f"data{i}"), **self.control_env}
+               "KEYBRAKE_DATA_DIR": str(self.workdir / f"data{i}"),
+               "KEYBRAKE_GATEWAY_URL": f"http://127.0.0.1:{self.listen_ports[i % self.envoys]}", **self.control_env}
         proc = processes.launch(f"control{i}", [control_binary(), "serve"], self.workdir / f"control{i}.log", env=env,
                                  stdout_pipe=True)
         self.procs[f"control{i}"] = proc
@@ -86,10 +90,7 @@ class Cluster:
         assert ready["storage"] == "postgres", ready
 
     def start_envoy(self, i: int) -> None:
-        """Starts Envoy `i`; again on its own ports when it ran before (a restart)."""
-        if i == len(self.listen_ports):
-            self.listen_ports.append(free_port())
-            self.admin_ports.append(free_port())
+        """Starts Envoy `i` on the ports picked at start (again on them for a restart)."""
         config = envoy_config.render(
             listen_port=self.listen_ports[i], admin_port=self.admin_ports[i],
             control_grpc=",".join(f"unix:{self.grpc_socket(r)}" for r in range(self.replicas)),

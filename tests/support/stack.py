@@ -182,6 +182,10 @@ class Stack:
             if not server:
                 raise RuntimeError("KEYBRAKE_E2E_BACKEND=postgres needs KEYBRAKE_TEST_DATABASE_URL")
             self.control_env = {**self.control_env, "KEYBRAKE_DATABASE_URL": fresh_database(server)}
+        # Envoy's ports first: the control service's MCP endpoint sends tool
+        # calls to the gateway (KEYBRAKE_GATEWAY_URL), so it must know where.
+        if not self.listen_port:
+            self.listen_port, self.envoy_admin_port = free_port(), free_port()
         self.start_upstream()
         self.start_control()
         self.start_envoy()
@@ -238,6 +242,7 @@ class Stack:
             "KEYBRAKE_DATA_DIR": str(self.workdir / "data"),
             "KEYBRAKE_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
             "KEYBRAKE_LOG": "info",
+            "KEYBRAKE_GATEWAY_URL": self.url,
             **self.control_channel_env(),
             **self.control_env,
         }

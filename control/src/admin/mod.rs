@@ -65,6 +65,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .merge(admin)
         .merge(ui::router(app.clone()))
+        .merge(crate::mcp::router(app.clone()))
         .with_state(app)
 }
 
@@ -111,16 +112,15 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// client 503 instead of this refusal). A body too big or too slow to read
 /// closes the connection instead (`Connection: close`), so it is never reused.
 async fn refuse(error: AdminError, body: axum::body::Body) -> Response {
-    match tokio::time::timeout(DRAIN_TIME, axum::body::to_bytes(body, DRAIN_LIMIT)).await {
-        Ok(Ok(_)) => error.into_response(),
-        _ => {
-            let mut response = error.into_response();
-            response
-                .headers_mut()
-                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
-            response
-        }
+    refuse_with(error.into_response(), body).await
+}
+
+/// [`refuse`] with any response (the MCP endpoint's refusals use it too).
+pub(crate) async fn refuse_with(mut response: Response, body: axum::body::Body) -> Response {
+    if !matches!(tokio::time::timeout(DRAIN_TIME, axum::body::to_bytes(body, DRAIN_LIMIT)).await, Ok(Ok(_))) {
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
+    response
 }
 
 async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
