@@ -75,7 +75,8 @@ struct Call {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Seen {
+/// What the upstream answered, as far as the response headers tell.
+struct Answered {
     status: u32,
     request_id: String,
     detail: String,
@@ -102,7 +103,7 @@ pub struct Flow {
     asked: Option<String>,
     /// Items put in the outbox and not yet counted in the metrics.
     queued: u32,
-    response: Option<Seen>,
+    response: Option<Answered>,
 }
 
 impl Flow {
@@ -350,7 +351,7 @@ impl Flow {
             return Step::Continue;
         }
         let headers = host.response_headers();
-        self.response = Some(Seen {
+        self.response = Some(Answered {
             status: header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0),
             request_id: header(&headers, "request-id").unwrap_or_default().to_owned(),
             detail: host.response_code_details().unwrap_or_default(),

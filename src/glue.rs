@@ -14,9 +14,9 @@ use proxy_wasm::hostcalls as hc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType, MetricType};
 
+use crate::call_ids::CallIds;
 use crate::flow::Flow;
 use crate::host::{Counter, Host, RootHost, Rpc, Step, SERVICE};
-use crate::ids::CallIds;
 use crate::root::Root;
 
 #[allow(unsafe_code)] // WASI's `random_get`, imported by hand: one call, into a buffer we own.

@@ -13,11 +13,11 @@
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 
 pub mod backoff;
+pub mod call_ids;
 pub mod config;
 pub mod credentials;
 pub mod flow;
 pub mod host;
-pub mod ids;
 pub mod key_cache;
 pub mod outbox;
 pub mod refusal;

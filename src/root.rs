@@ -11,10 +11,10 @@ use std::rc::Rc;
 use prost::Message;
 
 use crate::backoff::Backoff;
+use crate::call_ids::CallIds;
 use crate::config::FilterConfig;
 use crate::flow::Flow;
 use crate::host::{Counter, RootHost, Rpc};
-use crate::ids::CallIds;
 use crate::key_cache::KeyCache;
 use crate::outbox::Outbox;
 use crate::wire::{CallRecordBatch, Revocation, WatchRequest};

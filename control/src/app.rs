@@ -9,14 +9,14 @@ use keybrake_core::permission::{permits, CallShape, Refused};
 use keybrake_core::pricing;
 use keybrake_core::scope::Method;
 
-use crate::admin::auth_limit::FailureLimiter;
+use crate::auth_limit::FailureLimiter;
 use crate::calls::{begin_call, settle_call, Begun, CallPlan, Settled, Settlement};
 use crate::clock::{day_of, Clock};
 use crate::denial::Denial;
 use crate::ids::new_id;
-use crate::key_cache::KeyCache;
 use crate::metrics::Metrics;
 use crate::model::{AuditEntry, KeyRecord};
+use crate::replica_cache::ReplicaCache;
 use crate::revocation::Revocations;
 use crate::secrets::Vault;
 use crate::store::{Ledger, Store, StoreError, StoreResult};
@@ -47,9 +47,9 @@ impl Default for Limits {
 pub struct App {
     pub store: Store,
     pub metrics: Metrics,
-    pub revocations: Revocations,
-    /// Keys by hash, so deciding a call reads nothing (see key_cache.rs).
-    pub keys: KeyCache,
+    pub revocations: Arc<Revocations>,
+    /// Keys by hash, so deciding a call reads nothing (see replica_cache.rs).
+    pub keys: Arc<ReplicaCache>,
     /// Failed admin authentications per source.
     pub auth_failures: FailureLimiter,
     /// Envoy's admin address, for the console's gateway counters (`--envoy-admin-url`).
@@ -67,8 +67,8 @@ impl App {
         App {
             store,
             metrics: Metrics::new(),
-            revocations: Revocations::new(new_id("replica"), 0),
-            keys: KeyCache::default(),
+            revocations: Arc::new(Revocations::new(new_id("replica"), 0)),
+            keys: Arc::new(ReplicaCache::default()),
             auth_failures: FailureLimiter::default(),
             envoy_admin_url: None,
             mcp: crate::mcp::Settings::default(),

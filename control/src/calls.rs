@@ -55,8 +55,8 @@ enum OpKind {
     Content,
 }
 
-/// What the existing idempotency records say about this call, worst first.
-enum Seen {
+/// What the existing idempotency records say about this call (its precedent), worst first.
+enum Precedent {
     Mismatch,
     InFlight,
     Replay(StoredResponse),
@@ -86,24 +86,24 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
     let moves_money = !matches!(&resolved, Resolved::Free);
     let ops = op_keys(plan, moves_money);
     let mut existing: Vec<(OpKind, String, Option<IdemRecord>)> = Vec::new();
-    let mut seen: Option<Seen> = None;
+    let mut precedent: Option<Precedent> = None;
     for (kind, op_key) in ops {
         let record = ledger.idempotency(&plan.account, &op_key)?.filter(|r| still_binding(r, kind, plan));
         if let Some(r) = &record {
             let verdict = judge(r, kind, plan);
-            if seen.as_ref().is_none_or(|s| rank(&verdict) < rank(s)) {
-                seen = Some(verdict);
+            if precedent.as_ref().is_none_or(|s| rank(&verdict) < rank(s)) {
+                precedent = Some(verdict);
             }
         }
         existing.push((kind, op_key, record));
     }
 
     let mut retry: Option<IdemRecord> = None;
-    match seen {
-        Some(Seen::Mismatch) => return deny(ledger, plan, Some(&resolved), Denial::IdempotencyMismatch),
-        Some(Seen::InFlight) => return deny(ledger, plan, Some(&resolved), Denial::IdempotencyInUse),
-        Some(Seen::Unreplayable) => return deny(ledger, plan, Some(&resolved), Denial::ReplayUnavailable),
-        Some(Seen::Replay(response)) => {
+    match precedent {
+        Some(Precedent::Mismatch) => return deny(ledger, plan, Some(&resolved), Denial::IdempotencyMismatch),
+        Some(Precedent::InFlight) => return deny(ledger, plan, Some(&resolved), Denial::IdempotencyInUse),
+        Some(Precedent::Unreplayable) => return deny(ledger, plan, Some(&resolved), Denial::ReplayUnavailable),
+        Some(Precedent::Replay(response)) => {
             // The caller's key now names this completed operation too, as it would at Stripe.
             for (kind, op_key, record) in &existing {
                 if *kind == OpKind::Caller && record.is_none() {
@@ -132,7 +132,7 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
             ledger.append_audit(&entry)?;
             return Ok(Begun::Replayed(response));
         }
-        Some(Seen::Retry(record)) => retry = Some(record),
+        Some(Precedent::Retry(record)) => retry = Some(record),
         None => {}
     }
 
@@ -240,26 +240,26 @@ fn still_binding(r: &IdemRecord, kind: OpKind, plan: &CallPlan) -> bool {
     }
 }
 
-fn judge(r: &IdemRecord, kind: OpKind, plan: &CallPlan) -> Seen {
+fn judge(r: &IdemRecord, kind: OpKind, plan: &CallPlan) -> Precedent {
     if kind == OpKind::Caller && (r.fingerprint != plan.fingerprint || r.endpoint != plan.endpoint) {
-        return Seen::Mismatch;
+        return Precedent::Mismatch;
     }
     match (r.state, &r.response) {
-        (IdemState::InFlight, _) if r.lease_expires_at > plan.now => Seen::InFlight,
+        (IdemState::InFlight, _) if r.lease_expires_at > plan.now => Precedent::InFlight,
         // A lapsed lease means the gateway that held it never settled: the outcome is unknown.
-        (IdemState::InFlight | IdemState::Uncertain, _) => Seen::Retry(r.clone()),
-        (IdemState::Done, Some(resp)) => Seen::Replay(resp.clone()),
-        (IdemState::Done, None) => Seen::Unreplayable,
+        (IdemState::InFlight | IdemState::Uncertain, _) => Precedent::Retry(r.clone()),
+        (IdemState::Done, Some(resp)) => Precedent::Replay(resp.clone()),
+        (IdemState::Done, None) => Precedent::Unreplayable,
     }
 }
 
-fn rank(s: &Seen) -> u8 {
+fn rank(s: &Precedent) -> u8 {
     match s {
-        Seen::Mismatch => 0,
-        Seen::InFlight => 1,
-        Seen::Replay(_) => 2,
-        Seen::Unreplayable => 3,
-        Seen::Retry(_) => 4,
+        Precedent::Mismatch => 0,
+        Precedent::InFlight => 1,
+        Precedent::Replay(_) => 2,
+        Precedent::Unreplayable => 3,
+        Precedent::Retry(_) => 4,
     }
 }
 

@@ -282,3 +282,15 @@ pub struct AuditRow {
     pub hash: String,
     pub entry: AuditEntry,
 }
+
+/// A rejected field of a request (a key to issue, FX rates to set).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub param: String,
+    pub message: String,
+}
+
+pub(crate) fn invalid(param: &str, message: impl Into<String>) -> Invalid {
+    Invalid { param: param.into(), message: message.into() }
+}

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, oneshot, Notify};
 
-use crate::app::App;
+use crate::clock::Clock;
+use crate::replica_cache::ReplicaCache;
 use crate::store::{Store, StoreResult};
 use crate::wire::Revocation;
 
@@ -176,19 +177,39 @@ impl Revocations {
 }
 
 /// The relay: pushes new revocations from the log to this replica's watchers
-/// and records in the store how far they applied them.
-pub async fn relay(app: Arc<App>) {
-    let (store, hub) = (&app.store, &app.revocations);
-    let mut last_beat: Option<(i64, Instant)> = None;
-    loop {
-        let _ = tokio::time::timeout(Duration::from_millis(20), hub.wake.notified()).await;
+/// and records in the store how far they applied them. It needs four parts
+/// of the replica, not the replica.
+pub struct Relay {
+    pub store: Store,
+    pub hub: Arc<Revocations>,
+    pub keys: Arc<ReplicaCache>,
+    pub clock: Arc<dyn Clock>,
+    last_beat: Option<(i64, Instant)>,
+}
+
+impl Relay {
+    pub fn new(store: Store, hub: Arc<Revocations>, keys: Arc<ReplicaCache>, clock: Arc<dyn Clock>) -> Relay {
+        Relay { store, hub, keys, clock, last_beat: None }
+    }
+
+    /// Relays for as long as the replica runs.
+    pub async fn run(mut self) {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_millis(20), self.hub.wake.notified()).await;
+            self.step().await;
+        }
+    }
+
+    /// One pass: new log entries evicted and pushed, then the heartbeat when due.
+    pub async fn step(&mut self) {
+        let (store, hub) = (&self.store, &self.hub);
         let after = hub.generation();
         let reading = Instant::now();
         match store.read(move |l| l.revocations_after(after, 256)).await {
             Ok(rows) => {
                 for (generation, hashes) in rows {
                     // Evicted before anyone acknowledges it (this replica's heartbeat below).
-                    app.keys.evict(&hashes);
+                    self.keys.evict(&hashes);
                     hub.relayed.store(generation, Ordering::SeqCst);
                     let _ = hub.tx.send(Revocation {
                         generation: generation as u64,
@@ -202,14 +223,14 @@ pub async fn relay(app: Arc<App>) {
             Err(e) => tracing::warn!(error = %e, "revocation relay: cannot read the log"),
         }
         let acked = hub.acked_by_all();
-        let due = match last_beat {
+        let due = match self.last_beat {
             Some((a, at)) => a != acked || at.elapsed() >= HEARTBEAT_EVERY,
             None => true,
         };
         if due {
-            let (replica, now) = (hub.replica_id.clone(), app.clock.now_us() / 1000);
+            let (replica, now) = (hub.replica_id.clone(), self.clock.now_us() / 1000);
             match store.write_applied(move |l| l.heartbeat(&replica, acked, now)).await {
-                Ok(()) => last_beat = Some((acked, Instant::now())),
+                Ok(()) => self.last_beat = Some((acked, Instant::now())),
                 Err(e) => tracing::warn!(error = %e, "revocation relay: cannot record the heartbeat"),
             }
         }

@@ -218,7 +218,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("READY grpc={grpc_shown} http={http_addr} http_socket=unix:{}", http_socket_path.display());
 
     tokio::spawn(sweep(app.clone(), Duration::from_millis(args.sweep_interval_ms.max(10))));
-    tokio::spawn(crate::revocation::relay(app.clone()));
+    tokio::spawn(
+        crate::revocation::Relay::new(app.store.clone(), app.revocations.clone(), app.keys.clone(), app.clock.clone())
+            .run(),
+    );
     if matches!(app.store, Store::Postgres(_)) {
         tokio::spawn(chain_audit(app.clone()));
     }
@@ -266,7 +269,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (futures_util::future::Either::Right(server), None)
         }
     };
-    let router = crate::admin::router(app.clone());
+    // The admin API and console, and the MCP endpoint for agents: one HTTP server.
+    let router = crate::admin::router(app.clone()).merge(crate::mcp::router(app.clone()));
     let http_tcp = AdminTcp { listener: http, trusted: Arc::new(args.trusted_proxies.clone()) };
     let http_tcp = axum::serve(http_tcp, router.clone().into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(stopped());
@@ -309,8 +313,7 @@ pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
 
 async fn load_fx_file(app: &App, path: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let request: crate::admin::SetRatesFile =
-        crate::admin::parse_fx_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let request = crate::usd::parse_rates_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let now = app.clock.now_us() / 1_000_000;
     app.store
         .write(move |l| {

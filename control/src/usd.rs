@@ -2,15 +2,86 @@
 //! other currencies, and the recorded amounts of objects created earlier
 //! through the gateway for calls that name an object instead of an amount.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
 
 use keybrake_core::currency::Currency;
 use keybrake_core::money::{to_usd_micros, UsdMicros, UsdRate};
+use serde::Deserialize;
+use serde_json::Number;
 
 use crate::denial::Denial;
-use crate::model::FxRate;
+use crate::model::{invalid, FxRate, Invalid};
 use crate::store::{Ledger, StoreResult};
 use crate::wire::{price::Kind, Price};
+
+/// A decimal from JSON, as its exact text: a number (kept exact, never
+/// through a float) or a string holding one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecimalText(pub String);
+
+impl<'de> Deserialize<'de> for DecimalText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DecimalText, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Number(n) => Ok(DecimalText(n.to_string())),
+            serde_json::Value::String(s) => Ok(DecimalText(s)),
+            other => Err(serde::de::Error::custom(format!("expected a decimal number, got {other}"))),
+        }
+    }
+}
+
+/// A USD amount as an exact JSON number (`32.99`, never a float).
+pub fn usd_number(v: UsdMicros) -> Number {
+    let text = v.to_string();
+    Number::from_str(text.trim_start_matches('$').trim_start_matches("-$")).unwrap_or_else(|_| Number::from(0))
+}
+
+/// `{"as_of": "2026-11-26", "rates": {"jpy": "0.0067", "eur": 1.08}}`
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRates {
+    /// The date the rates hold for, YYYY-MM-DD.
+    #[schema(example = "2026-11-26")]
+    pub as_of: String,
+    /// USD per one unit of each currency (lower-case ISO 4217 code), a positive decimal.
+    #[schema(value_type = std::collections::HashMap<String, f64>)]
+    pub rates: BTreeMap<String, DecimalText>,
+}
+
+impl SetRates {
+    /// Validates the rates: known-shaped codes, positive decimal rates, a date.
+    pub fn validate(&self) -> Result<Vec<FxRate>, Invalid> {
+        if chrono::NaiveDate::parse_from_str(&self.as_of, "%Y-%m-%d").is_err() {
+            return Err(invalid("as_of", "as_of must be a date, YYYY-MM-DD"));
+        }
+        if self.rates.is_empty() {
+            return Err(invalid("rates", "rates must not be empty"));
+        }
+        let mut out = Vec::new();
+        for (code, rate) in &self.rates {
+            let currency = Currency::parse(code).map_err(|e| invalid("rates", e.to_string()))?;
+            if currency.is_usd() {
+                return Err(invalid("rates", "usd is always 1 and cannot be set"));
+            }
+            let parsed = UsdRate::parse(&rate.0).map_err(|e| {
+                invalid("rates", format!("rate for {currency}: {e} (USD per one {currency}, a positive decimal)"))
+            })?;
+            out.push(FxRate {
+                currency: currency.to_string(),
+                usd_per_unit: parsed.to_decimal_string(),
+                as_of: self.as_of.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Reads an FX rates file (the same JSON as `PUT /admin/fx_rates`), as loaded at start.
+pub fn parse_rates_file(bytes: &[u8]) -> Result<Vec<FxRate>, Invalid> {
+    let request: SetRates =
+        serde_json::from_slice(bytes).map_err(|e| invalid("body", format!("not an FX rates document: {e}")))?;
+    request.validate()
+}
 
 /// FX rates by lower-case currency code.
 pub type FxTable = HashMap<String, FxRate>;

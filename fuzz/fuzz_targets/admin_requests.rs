@@ -1,6 +1,6 @@
 //! The control service's admin request parsing: `POST /admin/vault_keys`
-//! bodies (`keybrake_control::keys::CreateKey`, serde_json then `validate`)
-//! and the FX rates file (`keybrake_control::admin::parse_fx_file`, the same
+//! bodies (`keybrake_control::issuing::CreateKey`, serde_json then `validate`)
+//! and the FX rates file (`keybrake_control::usd::parse_rates_file`, the same
 //! shape as `PUT /admin/fx_rates`). Every input goes through both.
 //!
 //! Properties:
@@ -16,8 +16,8 @@
 
 use std::str::FromStr;
 
-use keybrake_control::admin::parse_fx_file;
-use keybrake_control::keys::{usd_number, CreateKey, MAX_DEDUP_WINDOW_SECS, MAX_TTL_SECS};
+use keybrake_control::usd::{parse_rates_file, usd_number};
+use keybrake_control::issuing::{CreateKey, MAX_DEDUP_WINDOW_SECS, MAX_TTL_SECS};
 use keybrake_core::money::{UsdMicros, UsdRate};
 use keybrake_core::scope::Scope;
 use libfuzzer_sys::fuzz_target;
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if let Ok(rates) = parse_fx_file(data) {
+    if let Ok(rates) = parse_rates_file(data) {
         assert!(!rates.is_empty());
         for r in &rates {
             assert_eq!(r.currency.len(), 3);

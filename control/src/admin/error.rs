@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keybrake_core::stripe_error::{ErrorType, StripeError};
 
-use crate::keys::Invalid;
+use crate::model::Invalid;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

@@ -3,12 +3,11 @@
 //! key (`vendor: "keybrake"`) may also call. Errors use Stripe's shape.
 
 mod audit;
-pub mod auth_limit;
 mod error;
 mod fx;
-mod keys;
 mod openapi;
 mod ui;
+mod vault_keys;
 
 use std::sync::Arc;
 
@@ -23,15 +22,6 @@ use keybrake_core::vault_key::VaultKey;
 use keybrake_core::vendor::Vendor;
 
 pub use error::AdminError;
-
-/// FX rates as loaded from a file at start (same shape as `PUT /admin/fx_rates`).
-pub type SetRatesFile = Vec<crate::model::FxRate>;
-
-/// Parses and validates an FX rates file.
-pub fn parse_fx_file(bytes: &[u8]) -> Result<SetRatesFile, AdminError> {
-    let request: fx::SetRates = error::parse_json(bytes)?;
-    request.validate()
-}
 
 use crate::app::App;
 use crate::model::KeyState;
@@ -48,11 +38,11 @@ pub enum Principal {
 
 pub fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
-        .route("/admin/vault_keys", post(keys::create).get(keys::list))
-        .route("/admin/vault_keys/revoke", post(keys::revoke_prefix))
-        .route("/admin/vault_keys/{id}", get(keys::show).delete(keys::revoke))
-        .route("/admin/vault_keys/{id}/reinstate", post(keys::reinstate))
-        .route("/admin/usage", get(keys::usage))
+        .route("/admin/vault_keys", post(vault_keys::create).get(vault_keys::list))
+        .route("/admin/vault_keys/revoke", post(vault_keys::revoke_prefix))
+        .route("/admin/vault_keys/{id}", get(vault_keys::show).delete(vault_keys::revoke))
+        .route("/admin/vault_keys/{id}/reinstate", post(vault_keys::reinstate))
+        .route("/admin/usage", get(vault_keys::usage))
         .route("/admin/audit", get(audit::query))
         .route("/admin/audit/verify", get(audit::verify))
         .route("/admin/fx_rates", get(fx::list).put(fx::set))
@@ -65,7 +55,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .merge(admin)
         .merge(ui::router(app.clone()))
-        .merge(crate::mcp::router(app.clone()))
         .with_state(app)
 }
 
@@ -100,27 +89,9 @@ fn source(req: &Request) -> String {
     crate::peer::client_address(req.extensions(), req.headers())
 }
 
-/// Largest request body read (and dropped) before a refusal; bigger ones close the connection.
-const DRAIN_LIMIT: usize = 64 * 1024;
-/// How long a refused client may take to send that body.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A refusal of a request whose body was not read. A small body is read and
-/// dropped first, so that the connection stays usable: closing it with bytes
-/// unread races the proxy in front, which may still be writing them (over the
-/// gateway's Unix socket its write then fails at once, and Envoy answers the
-/// client 503 instead of this refusal). A body too big or too slow to read
-/// closes the connection instead (`Connection: close`), so it is never reused.
+/// A refusal of a request whose body was not read (see [`crate::drain`]).
 async fn refuse(error: AdminError, body: axum::body::Body) -> Response {
-    refuse_with(error.into_response(), body).await
-}
-
-/// [`refuse`] with any response (the MCP endpoint's refusals use it too).
-pub(crate) async fn refuse_with(mut response: Response, body: axum::body::Body) -> Response {
-    if !matches!(tokio::time::timeout(DRAIN_TIME, axum::body::to_bytes(body, DRAIN_LIMIT)).await, Ok(Ok(_))) {
-        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
-    }
-    response
+    crate::drain::refuse_with(error.into_response(), body).await
 }
 
 async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {

@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, error, fx, keys};
+use super::{audit, error, fx, vault_keys};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,8 @@ use super::{audit, error, fx, keys};
             Errors use Stripe's shape: `{\"error\": {\"type\", \"code\", \"message\", \"param\"}}`."
     ),
     paths(
-        keys::create, keys::list, keys::show, keys::revoke, keys::reinstate, keys::revoke_prefix, keys::usage,
+        vault_keys::create, vault_keys::list, vault_keys::show, vault_keys::revoke, vault_keys::reinstate,
+        vault_keys::revoke_prefix, vault_keys::usage,
         audit::query, audit::verify, fx::list, fx::set
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),

@@ -5,9 +5,9 @@ pub mod chain;
 use serde::Serialize;
 
 use crate::clock::rfc3339_us;
-use crate::keys::usd_number;
 use crate::model::AuditRow;
 use crate::store::{Store, StoreResult};
+use crate::usd::usd_number;
 use keybrake_core::money::UsdMicros;
 
 /// Every decision an audit row records: a call allowed, denied, replayed or

@@ -84,7 +84,7 @@ async fn not_configured(req: Request) -> Response {
         "keybrake_mcp_not_configured",
         "The MCP endpoint is not configured: start the control service with --gateway-url (KEYBRAKE_GATEWAY_URL).",
     );
-    crate::admin::refuse_with(stripe_response(&e), req.into_body()).await
+    crate::drain::refuse_with(stripe_response(&e), req.into_body()).await
 }
 
 fn stripe_response(e: &StripeError) -> Response {
@@ -171,7 +171,7 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         Ok(k) => k,
         Err(refusal) => {
             app.metrics.error("mcp_auth_failed");
-            return crate::admin::refuse_with(refusal.into_response(), req.into_body()).await;
+            return crate::drain::refuse_with(refusal.into_response(), req.into_body()).await;
         }
     };
     let hash = vault_key.hash();
@@ -181,7 +181,7 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         Err(e) => {
             tracing::error!(error = %e, "mcp: key lookup failed");
             let refusal = stripe_response(&Denial::StorageUnavailable.to_stripe_error());
-            return crate::admin::refuse_with(refusal, req.into_body()).await;
+            return crate::drain::refuse_with(refusal, req.into_body()).await;
         }
     };
     let now = app.clock.now_us() / 1_000_000;
@@ -197,7 +197,7 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     let (Some(key), None) = (key, &denial) else {
         let d = denial.unwrap_or(Denial::KeyUnknown).to_stripe_error();
         app.metrics.error("mcp_auth_failed");
-        return crate::admin::refuse_with(unauthorized(&d.code, &d.message).into_response(), req.into_body()).await;
+        return crate::drain::refuse_with(unauthorized(&d.code, &d.message).into_response(), req.into_body()).await;
     };
     let caller = Caller {
         key_id: key.id.clone(),

@@ -10,7 +10,7 @@ use keybrake_control::app::{App, Limits};
 use keybrake_control::calls::expire_leases;
 use keybrake_control::clock::{day_of, ManualClock};
 use keybrake_control::ids::{new_id, new_vault_key};
-use keybrake_control::keys::CreateKey;
+use keybrake_control::issuing::CreateKey;
 use keybrake_control::model::{AuditRow, Spend};
 use keybrake_control::secrets::{Secret, Vault};
 use keybrake_control::store::postgres::PgStore;

@@ -11,16 +11,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::Deserialize;
 
-use super::create::{self, CreateForm};
 use super::html::{self, csrf_field, esc, micros, query, usd, Nav};
+use super::key_form::{self, CreateForm};
 use super::session::AnyForm;
 use super::{Authed, Shared};
 use crate::admin::error::AdminQuery;
-use crate::admin::keys::{self as api, KeyList};
+use crate::admin::vault_keys::{self as api, KeyList};
 use crate::admin::{AdminError, Principal};
 use crate::app::App;
 use crate::clock::parse_rfc3339_us;
-use crate::keys::KeyView;
+use crate::issuing::KeyView;
 use crate::model::KeyState;
 
 /// Keys shown on one page (the API's cursor pages beyond).
@@ -75,7 +75,7 @@ pub async fn render(
     auth: &Authed,
     q: &KeysQuery,
     form: &CreateForm,
-    error: Option<&crate::keys::Invalid>,
+    error: Option<&crate::model::Invalid>,
     status: StatusCode,
 ) -> Response {
     let list = match fetch(app, &q.label_prefix, &q.starting_after, PAGE).await {
@@ -129,7 +129,7 @@ pub async fn render(
          value=\"{prefix}\" required></label><button type=\"submit\" class=\"danger\">Revoke…</button></form>\
          {table}{more}</section><aside>{form}</aside></div>",
         prefix = esc(&q.label_prefix),
-        form = create::form_html(form, error, &auth.csrf),
+        form = key_form::form_html(form, error, &auth.csrf),
     );
     html::respond(status, html::page("Keys", Some(Nav::Keys), Some(&auth.csrf), &body))
 }

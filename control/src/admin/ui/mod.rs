@@ -14,7 +14,7 @@
 //! request (all are `POST` forms) also needs the session's CSRF token.
 //!
 //! The console reaches the domain through the admin API's own handlers
-//! (`admin::keys`, `admin::audit`), called as functions with the admin
+//! (`admin::vault_keys`, `admin::audit`), called as functions with the admin
 //! principal: creating a key runs the same `CreateKey::validate()` with the
 //! same messages, revoking runs the same propagation to Envoy's workers, and
 //! the audit table pages with the same cursor.
@@ -28,6 +28,7 @@ mod audit;
 mod create;
 mod health;
 mod html;
+mod key_form;
 mod keys;
 mod record;
 mod session;

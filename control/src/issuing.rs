@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
 use crate::clock::{day_text, rfc3339};
-use crate::model::{DedupMode, KeyRecord, KeyState, Spend};
+use crate::model::{invalid, DedupMode, Invalid, KeyRecord, KeyState, Spend};
+use crate::usd::{usd_number, DecimalText};
 
 /// Longest lifetime of a vault key: 30 days.
 pub const MAX_TTL_SECS: i64 = 30 * 86_400;
@@ -52,18 +53,6 @@ pub struct CreateKey {
     /// platform's own account (calls with neither header); empty means any.
     #[serde(default)]
     pub allowed_accounts: Vec<String>,
-}
-
-/// A rejected field of a key request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Invalid {
-    pub param: String,
-    pub message: String,
-}
-
-fn invalid(param: &str, message: impl Into<String>) -> Invalid {
-    Invalid { param: param.into(), message: message.into() }
 }
 
 impl CreateKey {
@@ -183,21 +172,6 @@ impl ValidKey {
     }
 }
 
-/// A decimal from JSON, as its exact text: a number (kept exact, never
-/// through a float) or a string holding one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecimalText(pub String);
-
-impl<'de> Deserialize<'de> for DecimalText {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DecimalText, D::Error> {
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::Number(n) => Ok(DecimalText(n.to_string())),
-            serde_json::Value::String(s) => Ok(DecimalText(s)),
-            other => Err(serde::de::Error::custom(format!("expected a decimal number, got {other}"))),
-        }
-    }
-}
-
 /// A USD amount from JSON: a plain decimal, non-negative, at most six decimals.
 fn usd(param: &str, n: &DecimalText) -> Result<UsdMicros, Invalid> {
     let text = n.0.as_str();
@@ -214,12 +188,6 @@ fn usd(param: &str, n: &DecimalText) -> Result<UsdMicros, Invalid> {
 
 fn whole(param: &str, n: &Number) -> Result<i64, Invalid> {
     n.as_i64().ok_or_else(|| invalid(param, format!("{param} must be a whole number of seconds")))
-}
-
-/// A USD amount as an exact JSON number (`32.99`, never a float).
-pub fn usd_number(v: UsdMicros) -> Number {
-    let text = v.to_string();
-    Number::from_str(text.trim_start_matches('$').trim_start_matches("-$")).unwrap_or_else(|_| Number::from(0))
 }
 
 /// A key as the admin API shows it (never the secret).

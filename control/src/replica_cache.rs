@@ -1,9 +1,12 @@
-//! The control service's cache of vault keys by hash, so that deciding a call
-//! costs no read of the store. Keys never change except by revocation, and a
-//! revocation evicts here before it is acknowledged: locally when this
-//! replica revokes, from the revocation relay when another replica did (the
-//! revoking call waits for every replica's acknowledgement). Expiry is checked
-//! on every use, not here.
+//! The replica's cache of vault keys by hash (the Envoy workers have caches of
+//! their own, `src/key_cache.rs`), so that deciding a call costs no read of
+//! the store. A key changes only by revocation, suspension or reinstatement,
+//! each written to the revocation log, and evicted here before it is
+//! acknowledged: locally when this replica made the change, from the
+//! revocation relay when another did (the change waits for every live
+//! replica's acknowledgement; a replica that fell behind the log decides from
+//! the store instead, `revocation::CACHE_TRUST`). Expiry is checked on every
+//! use, not here.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,11 +17,11 @@ use crate::model::KeyRecord;
 const CAPACITY: usize = 100_000;
 
 #[derive(Default)]
-pub struct KeyCache {
+pub struct ReplicaCache {
     entries: Mutex<HashMap<[u8; 32], KeyRecord>>,
 }
 
-impl KeyCache {
+impl ReplicaCache {
     pub fn get(&self, hash: &[u8; 32]) -> Option<KeyRecord> {
         self.entries.lock().ok()?.get(hash).cloned()
     }

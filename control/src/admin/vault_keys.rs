@@ -15,9 +15,10 @@ use super::{AdminError, Principal};
 use crate::app::App;
 use crate::clock::{day_of, day_text};
 use crate::ids::{new_id, new_vault_key};
-use crate::keys::{usd_number, CreateKey, KeyView};
+use crate::issuing::{CreateKey, KeyView};
 use crate::model::{KeyRecord, Spend};
 use crate::store::{KeyQuery, RevokeSelector};
+use crate::usd::usd_number;
 
 fn require_admin(p: &Principal) -> Result<(), AdminError> {
     match p {
