@@ -1,6 +1,6 @@
 //! The control service's gateway operations, in-process, against every storage
 //! backend: caps, idempotency, settlement, leases, the audit chain.
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;

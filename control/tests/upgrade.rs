@@ -3,7 +3,7 @@
 //! already there, and its keys, spend, idempotency records and audit chain
 //! keep working — a charge past the old spend is still refused, a retry of an
 //! old call is still replayed, and new audit rows extend the old chain.
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;

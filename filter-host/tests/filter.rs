@@ -4,7 +4,7 @@
 //! its root context does on its tick. The Envoy end-to-end tests
 //! (`tests/e2e`) cover the same paths against a real Envoy; these run in
 //! seconds, check exact bytes, and need no network.
-
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keybrake_core::vault_key::VaultKey;

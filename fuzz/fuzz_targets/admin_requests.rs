@@ -12,6 +12,7 @@
 //!   decimal, `acct_` account ids.
 //! - Accepted FX rates are lower-case three-letter codes other than `usd`,
 //!   with positive rates in canonical decimal text.
+#![forbid(unsafe_code)]
 #![no_main]
 
 use std::str::FromStr;

@@ -9,6 +9,7 @@
 //!   `/name`, for vendor `stripe`, every limit inside its documented range.
 //! - `route_for` never panics; a path under a configured prefix (or root)
 //!   finds a route, and the rest it returns is the path after that route's prefix.
+#![forbid(unsafe_code)]
 #![no_main]
 
 use keybrake_filter::config::FilterConfig;

@@ -8,6 +8,7 @@
 //!   name, stably).
 //! - Every name but a `[]` append occurs once, and `get` finds its value.
 //! - `array_indices` is `0..n` when it answers.
+#![forbid(unsafe_code)]
 #![no_main]
 
 use keybrake_core::form::FormParams;

@@ -13,6 +13,7 @@
 //!   `UsdRate::to_decimal_string` reparse to the same value.
 //! - `to_usd_micros` rounds up exactly (`usd * 10^(6+e) >= minor * rate`,
 //!   within one micro-dollar) and is monotone in the amount.
+#![forbid(unsafe_code)]
 #![no_main]
 
 use keybrake_core::currency::Currency;

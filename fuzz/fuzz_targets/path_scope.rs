@@ -13,6 +13,7 @@
 //!   `..`, even when handed raw text: what it matches starts with `/` and has
 //!   no empty, `.` or `..` segment (`*` included); a scope without `*`
 //!   matches exactly its own path.
+#![forbid(unsafe_code)]
 #![no_main]
 
 #[path = "common.rs"]

@@ -11,6 +11,7 @@
 //!   the canonical body and a fully percent-encoded body price the same.
 //! - `POST /v1/charges` is monotone in `amount` (same currency, more amount,
 //!   higher price) and never anything but an amount or an error.
+#![forbid(unsafe_code)]
 #![no_main]
 
 #[path = "common.rs"]

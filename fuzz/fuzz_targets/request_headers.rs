@@ -24,6 +24,7 @@
 //!   their limits.
 //! - A priced body has a 64-hex-digit fingerprint; GET and DELETE are free;
 //!   the canonical encoding of the body prices and fingerprints the same.
+#![forbid(unsafe_code)]
 #![no_main]
 
 #[path = "common.rs"]

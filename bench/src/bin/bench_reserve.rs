@@ -21,6 +21,7 @@
 //!   cycle    Authorize then Settle in the timed window: full cycles per second;
 //!   both     reserve, then cycle (default).
 //! Prints one JSON object on stdout.
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

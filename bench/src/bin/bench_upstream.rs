@@ -9,6 +9,7 @@
 //!   GET  /__bench/counts   how many requests it answered, as JSON (no key needed)
 //! Every Stripe call must carry `Authorization: Bearer <expected key>` (else 401).
 //! Prints `READY <port>` on stdout once it listens.
+#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -25,9 +25,7 @@ pub struct Rates {
         AdminErrors))]
 /// The FX table.
 pub async fn list(State(app): State<Arc<App>>, Extension(p): Extension<Principal>) -> Result<Json<Rates>, AdminError> {
-    if !matches!(p, Principal::Admin) {
-        return Err(AdminError::Forbidden);
-    }
+    p.require_admin()?;
     let data = app.store.read(|l| l.fx_rates()).await?;
     Ok(Json(Rates { object: "list", data }))
 }
@@ -41,9 +39,7 @@ pub async fn set(
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<Json<Rates>, AdminError> {
-    if !matches!(p, Principal::Admin) {
-        return Err(AdminError::Forbidden);
-    }
+    p.require_admin()?;
     let request: SetRates = parse_json(&body)?;
     let rates = request.validate()?;
     let now = app.clock.now_us() / 1_000_000;

@@ -36,6 +36,16 @@ pub enum Principal {
     },
 }
 
+impl Principal {
+    /// Everything but reading the audit log is the admin's alone.
+    pub fn require_admin(&self) -> Result<(), AdminError> {
+        match self {
+            Principal::Admin => Ok(()),
+            Principal::AuditKey { .. } => Err(AdminError::Forbidden),
+        }
+    }
+}
+
 pub fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
         .route("/admin/vault_keys", post(vault_keys::create).get(vault_keys::list))

@@ -20,13 +20,6 @@ use crate::model::{KeyRecord, Spend};
 use crate::store::{KeyQuery, RevokeSelector};
 use crate::usd::usd_number;
 
-fn require_admin(p: &Principal) -> Result<(), AdminError> {
-    match p {
-        Principal::Admin => Ok(()),
-        Principal::AuditKey { .. } => Err(AdminError::Forbidden),
-    }
-}
-
 /// A key just issued: the view plus the key itself, shown this once.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Created {
@@ -45,7 +38,7 @@ pub async fn create(
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<impl IntoResponse, AdminError> {
-    require_admin(&p)?;
+    p.require_admin()?;
     let request: CreateKey = parse_json(&body)?;
     let valid = request.validate()?;
     let vault_key = new_vault_key().ok_or(AdminError::Storage)?;
@@ -99,7 +92,7 @@ pub async fn list(
     Extension(p): Extension<Principal>,
     AdminQuery(params): AdminQuery<ListParams>,
 ) -> Result<Json<KeyList>, AdminError> {
-    require_admin(&p)?;
+    p.require_admin()?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(AdminError::invalid("limit", "limit must be between 1 and 1000"));
@@ -127,7 +120,7 @@ pub async fn show(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, AdminError> {
-    require_admin(&p)?;
+    p.require_admin()?;
     Ok(Json(one(&app, id).await?))
 }
 
@@ -141,7 +134,7 @@ pub async fn revoke(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, AdminError> {
-    require_admin(&p)?;
+    p.require_admin()?;
     let revoked = revoke_and_propagate(&app, RevokeSelector::Id(id.clone())).await?;
     if !revoked.ids.is_empty() {
         tracing::info!(key_id = %id, propagated = revoked.propagated, "vault key revoked");
@@ -160,7 +153,7 @@ pub async fn reinstate(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, AdminError> {
-    require_admin(&p)?;
+    p.require_admin()?;
     let (key_id, now_us) = (id.clone(), app.clock.now_us());
     let (hash, generation) = app
         .store
@@ -245,7 +238,7 @@ pub async fn revoke_prefix(
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<Json<Revoked>, AdminError> {
-    require_admin(&p)?;
+    p.require_admin()?;
     let RevokePrefix { label_prefix } = parse_json(&body)?;
     if label_prefix.is_empty() {
         return Err(AdminError::invalid("label_prefix", "label_prefix must not be empty"));
@@ -285,7 +278,7 @@ pub struct Usage {
         AdminErrors))]
 /// Keys with spend today, most spent first.
 pub async fn usage(State(app): State<Arc<App>>, Extension(p): Extension<Principal>) -> Result<Json<Usage>, AdminError> {
-    require_admin(&p)?;
+    p.require_admin()?;
     let now_us = app.clock.now_us();
     let day = day_of(now_us);
     let mut rows = app

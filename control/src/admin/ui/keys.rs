@@ -236,13 +236,8 @@ pub async fn reinstate_one(
     if let Some(refused) = auth.csrf_refusal(&f.csrf) {
         return refused;
     }
-    match api::reinstate(State(c.app.clone()), Extension(Principal::Admin), Path(id.clone())).await {
-        Ok(_) => {
-            let to = format!("/admin/ui/keys{}", query(&[("label_prefix", &f.label_prefix), ("reinstated", &id)]));
-            (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
-        }
-        Err(e) => html::error_page(html::status_of(&e), &auth.csrf, Nav::Keys, &e.to_string()),
-    }
+    let done = api::reinstate(State(c.app.clone()), Extension(Principal::Admin), Path(id.clone())).await;
+    back_to_list(done.map(|_| ()), &auth, &f, ("reinstated", &id))
 }
 
 /// `POST /admin/ui/keys/{id}/revoke`: `DELETE /admin/vault_keys/{id}`, then back to the list.
@@ -255,9 +250,16 @@ pub async fn revoke_one(
     if let Some(refused) = auth.csrf_refusal(&f.csrf) {
         return refused;
     }
-    match api::revoke(State(c.app.clone()), Extension(Principal::Admin), Path(id.clone())).await {
-        Ok(_) => {
-            let to = format!("/admin/ui/keys{}", query(&[("label_prefix", &f.label_prefix), ("revoked", &id)]));
+    let done = api::revoke(State(c.app.clone()), Extension(Principal::Admin), Path(id.clone())).await;
+    back_to_list(done.map(|_| ()), &auth, &f, ("revoked", &id))
+}
+
+/// After acting on one key: back to the list (filtered as it was, saying what
+/// was done), or the API's error as a page.
+fn back_to_list(done: Result<(), AdminError>, auth: &Authed, f: &RevokeForm, what: (&str, &str)) -> Response {
+    match done {
+        Ok(()) => {
+            let to = format!("/admin/ui/keys{}", query(&[("label_prefix", &f.label_prefix), what]));
             (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
         }
         Err(e) => html::error_page(html::status_of(&e), &auth.csrf, Nav::Keys, &e.to_string()),
