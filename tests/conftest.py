@@ -3,6 +3,8 @@
 A failing test's report ends with what the processes it used (Envoy, the
 control service, the Stripe stand-in...) logged while it ran, so a failure in
 CI can be understood from CI's output alone (support/processes.py)."""
+import atexit
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +14,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import processes  # noqa: E402
 from support.stack import Stack  # noqa: E402
+
+
+def _terminated(signum, frame):
+    # SIGTERM (a CI timeout, `timeout`, a stopped job) interrupts pytest as
+    # Ctrl-C does, so fixtures tear down their stacks instead of leaving them.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _terminated)
+atexit.register(processes.kill_leftovers)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -101,6 +101,17 @@ def launch(name: str, argv: Sequence[str], log: Path, *, env: dict[str, str] | N
     return proc
 
 
+def kill_leftovers() -> None:
+    """Kills every registered process still running: the last resort when a
+    session ends without its fixtures' teardown (interrupted, or a teardown
+    that failed), so that no Envoy or control service outlives the tests."""
+    for proc in REGISTRY:
+        if proc.alive():
+            proc.stopped = True
+            proc.popen.kill()
+            proc.popen.wait()
+
+
 def stop(proc: Proc, sig: int | None = None, timeout: float = 20.0) -> None:
     """Stops a process on purpose (SIGTERM, or `sig`), killing it if it lingers."""
     import signal as _signal
