@@ -23,6 +23,10 @@ use keybrake_core::vault_key::VaultKey;
 use keybrake_core::vendor::Vendor;
 
 pub use error::AdminError;
+/// The store-side halves of two admin operations, for callers that drive the
+/// control service without HTTP (the deterministic simulator, `sim/`).
+pub use fx::set_rates;
+pub use keys::revoke_in_store;
 
 /// FX rates as loaded from a file at start (same shape as `PUT /admin/fx_rates`).
 pub type SetRatesFile = Vec<crate::model::FxRate>;
