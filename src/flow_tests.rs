@@ -326,6 +326,49 @@ fn a_failed_settle_releases_the_response_and_queues_the_settlement() {
     assert_eq!((s.outcome, s.http_status), (Outcome::Responded as i32, 402));
 }
 
+/// Found by the deterministic simulator (`sim --seed 50`, before the fix): a
+/// settlement queued after Settle failed, or after the client left while it
+/// was in flight, carried the status without the answer, and its record then
+/// replayed an empty 200 to the next retry.
+#[test]
+fn a_settlement_queued_after_settle_failed_carries_the_answer() {
+    for ended in ["settle failed", "client left"] {
+        let (mut flow, mut host, outbox) = forwarded_charge();
+        host.response_headers = vec![(":status".into(), "200".into()), ("request-id".into(), "req_7".into())];
+        host.code_details = Some("via_upstream".into());
+        host.response_body = br#"{"id":"ch_7","amount":1,"currency":"usd"}"#.to_vec();
+        assert_eq!(flow.on_response_headers(&mut host, false), Step::Pause);
+        let n = host.response_body.len();
+        assert_eq!(flow.on_response_body(&mut host, n, true), Step::Pause);
+        if ended == "settle failed" {
+            flow.on_grpc_response(&mut host, 2, 4, 0);
+            assert_eq!(host.resumed_response, 1);
+        }
+        flow.on_log(&mut host);
+        let batch = outbox.borrow_mut().take_batch(10).unwrap();
+        let s = &batch.orphaned_settlements[0];
+        assert_eq!((s.outcome, s.http_status), (Outcome::Responded as i32, 200), "{ended}");
+        assert_eq!(s.body, host.response_body, "{ended}");
+        assert!(s.headers.iter().any(|h| h.name == "request-id" && h.value == "req_7"), "{ended}");
+        assert!(!s.body_truncated, "{ended}");
+    }
+}
+
+/// The client left after the answer's headers and before its body: the
+/// answer is not known in full, so the record keeps no answer to replay.
+#[test]
+fn a_settlement_of_an_answer_not_read_in_full_keeps_no_replay() {
+    let (mut flow, mut host, outbox) = forwarded_charge();
+    host.response_headers = vec![(":status".into(), "200".into())];
+    host.code_details = Some("via_upstream".into());
+    assert_eq!(flow.on_response_headers(&mut host, false), Step::Pause);
+    flow.on_log(&mut host);
+    let batch = outbox.borrow_mut().take_batch(10).unwrap();
+    let s = &batch.orphaned_settlements[0];
+    assert_eq!((s.outcome, s.http_status), (Outcome::Responded as i32, 200));
+    assert!(s.body_truncated);
+}
+
 #[test]
 fn classifies_envoy_details() {
     assert_eq!(classify("via_upstream", 502), Outcome::Responded);
