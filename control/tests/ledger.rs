@@ -160,6 +160,33 @@ storage_test! {
 }
 
 storage_test! {
+    /// Found by the deterministic simulator (`sim --seed 426`, before the fix):
+    /// a retry of an uncertain charge went out under its upstream key and was
+    /// not sent (the connection failed); it was released, its record dropped,
+    /// and the next retry went out under a new key: Stripe charged twice.
+    #[tokio::test]
+    async fn a_retry_of_an_uncertain_call_that_was_not_executed_leaves_it_uncertain(h) {
+        let key = h.key("uncertain-twice", "POST /v1/charges", Some("100"), "").await;
+        let req = charge(&key, 5000, "usd", "");
+        let (first, forwarded) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
+        settle(&h, &first, Outcome::Uncertain, 0, "").await;
+        // Not sent; then refused by the upstream as in flight under that key (409).
+        for (outcome, status) in [(Outcome::NotSent, 0), (Outcome::Responded, 409)] {
+            let (retry, again) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
+            assert_eq!(again, forwarded, "{}", h.name);
+            settle(&h, &retry, outcome, status, "").await;
+            let s = h.spend(&key).await;
+            assert_eq!((s.reserved, s.uncertain), (0, 50_000_000), "{}: still counted, as uncertain", h.name);
+        }
+        let (last, again) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
+        assert_eq!(again, forwarded, "{}: the operation keeps its upstream key", h.name);
+        settle(&h, &last, Outcome::Responded, 200, r#"{"id":"ch_1","currency":"usd","amount":5000}"#).await;
+        let s = h.spend(&key).await;
+        assert_eq!((s.committed, s.uncertain), (50_000_000, 0), "{}", h.name);
+    }
+}
+
+storage_test! {
     #[tokio::test]
     async fn a_lost_lease_counts_as_uncertain_and_a_lost_answer_is_released(h) {
         let key = h.key("lease", "POST /v1/charges", Some("100"), "").await;
