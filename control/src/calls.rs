@@ -13,7 +13,7 @@ use crate::model::{
 use crate::reconcile::{self, at_highest_known_rate, Mismatch};
 use crate::store::{Ledger, StoreError, StoreResult};
 use crate::usd::{resolve, to_usd, FxTable, Resolved};
-use crate::wire::{Outcome, Price};
+use crate::wire::{price::Kind, Outcome, Price};
 
 /// Everything `begin_call` needs, gathered before the transaction.
 #[derive(Debug, Clone)]
@@ -67,7 +67,15 @@ enum Seen {
 /// Begins a call: prices it, applies idempotency, reserves its spend and
 /// writes its intent, all or nothing.
 pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun> {
-    let resolved = match resolve(ledger, &plan.price, &plan.fx)? {
+    // Another currency is priced at the rates in the store as this transaction
+    // reads them, not at this replica's copy: a rate set through another
+    // replica is in force for every reservation made after it.
+    let fx = if plan.price.currency.eq_ignore_ascii_case("usd") || plan.price.kind == Kind::Free as i32 {
+        plan.fx.clone()
+    } else {
+        std::sync::Arc::new(ledger.fx_rates()?.into_iter().map(|r| (r.currency.clone(), r)).collect())
+    };
+    let resolved = match resolve(ledger, &plan.price, &fx)? {
         Ok(r) => r,
         Err(denial) => return deny(ledger, plan, None, denial),
     };
