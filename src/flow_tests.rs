@@ -378,7 +378,7 @@ fn classifies_envoy_details() {
     assert_eq!(classify("", 0), Outcome::Uncertain);
 }
 
-/// The flows' clock (microseconds), and when the cache last heard from its replica (milliseconds).
+/// The flows' clock (microseconds), and the worker's time its replica last echoed (milliseconds).
 const NOW_US: i64 = 1_795_690_000_000_000;
 const HEARD_MS: u64 = (NOW_US / 1000) as u64;
 
@@ -403,7 +403,7 @@ fn allowed_read_metadata(generation: u64) -> wire::KeyMetadata {
 #[test]
 fn reads_of_a_cached_key_are_decided_without_a_round_trip() {
     let cache = Rc::new(RefCell::new(KeyCache::default()));
-    cache.borrow_mut().apply(&wire::Revocation { generation: 7, key_hashes: vec![], heartbeat: false }, HEARD_MS);
+    cache.borrow_mut().apply(&wire::Revocation { generation: 7, echo_ms: HEARD_MS, ..Default::default() }, HEARD_MS);
     // First read: asked, and the answer is cached.
     let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_1", &cache);
     assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
@@ -425,7 +425,7 @@ fn reads_of_a_cached_key_are_decided_without_a_round_trip() {
     }
     // A revocation pushed on the stream evicts the key at once.
     cache.borrow_mut().apply(
-        &wire::Revocation { generation: 8, key_hashes: vec![key().hash().to_vec()], heartbeat: false },
+        &wire::Revocation { generation: 8, key_hashes: vec![key().hash().to_vec()], ..Default::default() },
         HEARD_MS,
     );
     let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_3", &cache);
@@ -436,7 +436,7 @@ fn reads_of_a_cached_key_are_decided_without_a_round_trip() {
 #[test]
 fn an_expired_cached_key_goes_back_to_the_control_service() {
     let cache = Rc::new(RefCell::new(KeyCache::default()));
-    cache.borrow_mut().apply(&wire::Revocation { generation: 1, key_hashes: vec![], heartbeat: false }, HEARD_MS);
+    cache.borrow_mut().apply(&wire::Revocation { generation: 1, echo_ms: HEARD_MS, ..Default::default() }, HEARD_MS);
     let mut expired = allowed_read_metadata(1);
     expired.expires_at = 1_795_689_999;
     cache.borrow_mut().remember(key().hash(), expired);

@@ -210,7 +210,7 @@ impl Relay {
                     let _ = hub.tx.send(Revocation {
                         generation: generation as u64,
                         key_hashes: hashes.iter().map(|h| h.to_vec()).collect(),
-                        heartbeat: false,
+                        ..Default::default()
                     });
                 }
                 // In sync as of the read's start: a revocation committed after it is not seen yet.
