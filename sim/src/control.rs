@@ -3,8 +3,9 @@
 //! and of the loops' timers. What this file does itself is the transport:
 //! decoding the request bytes, answering, and pumping each `WatchRevocations`
 //! stream the way `grpc.rs` does (a first message, every relayed revocation, a
-//! heartbeat every 250 ms, acknowledgements into the hub, the stream closed when
-//! the hub drops a laggard).
+//! heartbeat every 250 ms, each echoing the worker's latest clock, new
+//! acknowledgements into the hub, the stream closed when the hub drops a
+//! laggard).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub struct Link {
     w: NodeRef,
     token: u32,
     last_down: i64,
+    /// The latest clock the worker sent, and the generation it acknowledged.
+    echo: u64,
+    acked: i64,
 }
 
 pub struct Replica {
@@ -247,12 +251,9 @@ impl World<'_> {
             return;
         };
         let sub = app.revocations.subscribe();
-        let hello = cw::Revocation {
-            generation: u64::try_from(sub.generation).unwrap_or(0),
-            key_hashes: Vec::new(),
-            heartbeat: false,
-        };
-        self.replicas[r.idx].links.insert(link, Link { sub, w, token, last_down: 0 });
+        let hello = cw::Revocation { generation: u64::try_from(sub.generation).unwrap_or(0), ..Default::default() };
+        let acked = sub.generation;
+        self.replicas[r.idx].links.insert(link, Link { sub, w, token, last_down: 0, echo: 0, acked });
         self.event(format!("r{} serves w{}'s revocation stream from generation {}", r.idx, w.idx, hello.generation));
         self.send_down(r.idx, link, hello.encode_to_vec());
         self.after(HEARTBEAT_EVERY_US, Ev::Beat { r, link });
@@ -281,11 +282,16 @@ impl World<'_> {
 
     pub fn watch_to_replica(&mut self, r: NodeRef, link: u64, body: Vec<u8>) {
         let Some(app) = self.app_of(r) else { return };
-        let Some(l) = self.replicas[r.idx].links.get(&link) else { return };
+        let Some(l) = self.replicas[r.idx].links.get_mut(&link) else { return };
         let Ok(ack) = cw::WatchRequest::decode(body.as_slice()) else { return };
-        app.revocations.ack(l.sub.id, i64::try_from(ack.acked_generation).unwrap_or(0));
-        // `ack` wakes the relay.
-        self.poke(r);
+        l.echo = l.echo.max(ack.sent_at_ms);
+        let generation = i64::try_from(ack.acked_generation).unwrap_or(0);
+        if generation > l.acked {
+            l.acked = generation;
+            app.revocations.ack(l.sub.id, generation);
+            // `ack` wakes the relay.
+            self.poke(r);
+        }
     }
 
     pub fn watch_gone(&mut self, r: NodeRef, link: u64) {
@@ -299,7 +305,8 @@ impl World<'_> {
         if self.app_of(r).is_none() || !self.replicas[r.idx].links.contains_key(&link) {
             return;
         }
-        let beat = cw::Revocation { generation: 0, key_hashes: Vec::new(), heartbeat: true };
+        let echo_ms = self.replicas[r.idx].links.get(&link).map(|l| l.echo).unwrap_or(0);
+        let beat = cw::Revocation { heartbeat: true, echo_ms, ..Default::default() };
         self.send_down(r.idx, link, beat.encode_to_vec());
         self.after(HEARTBEAT_EVERY_US, Ev::Beat { r, link });
     }
@@ -327,7 +334,7 @@ impl World<'_> {
             if let Some(l) = self.replicas[r.idx].links.get_mut(&link) {
                 loop {
                     match l.sub.updates.try_recv() {
-                        Ok(m) => out.push(m),
+                        Ok(m) => out.push(cw::Revocation { echo_ms: l.echo, ..m }),
                         Err(TryRecvError::Empty) => break,
                         Err(_) => {
                             close = true;

@@ -12,6 +12,7 @@ use keybrake_filter::flow::Flow;
 use keybrake_filter::host::{header, Counter, Host, RootHost, Rpc, Step};
 use keybrake_filter::ids::CallIds;
 use keybrake_filter::root::Root;
+use prost::Message;
 
 use crate::rng::Rng;
 use crate::world::{Answer, Ev, Hop, Http, NodeRef, Resp, RpcRec, World};
@@ -37,6 +38,8 @@ pub struct StreamIo {
     ids: Rc<RefCell<CallIds>>,
     pub call_id: Option<String>,
     decided_locally: bool,
+    /// Items this worker's flows put in its outbox.
+    queued: Rc<Cell<u64>>,
 }
 
 fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
@@ -102,8 +105,10 @@ impl Host for StreamIo {
         id
     }
     fn count(&mut self, counter: Counter, _reason: Option<&str>) {
-        if counter == Counter::DecidedLocally {
-            self.decided_locally = true;
+        match counter {
+            Counter::DecidedLocally => self.decided_locally = true,
+            Counter::OutboxQueued => self.queued.set(self.queued.get() + 1),
+            _ => {}
         }
     }
 }
@@ -119,6 +124,8 @@ pub struct RootIo {
     sent: Vec<(u32, Vec<u8>)>,
     cancelled: Vec<u32>,
     received: Vec<u8>,
+    /// Outbox items delivered or dropped.
+    gone: u64,
 }
 
 impl RootHost for RootIo {
@@ -152,7 +159,11 @@ impl RootHost for RootIo {
     fn grpc_message(&self, size: usize) -> Option<Vec<u8>> {
         Some(self.received.iter().take(size).copied().collect())
     }
-    fn count(&mut self, _counter: Counter, _by: u64) {}
+    fn count(&mut self, counter: Counter, by: u64) {
+        if matches!(counter, Counter::OutboxDelivered | Counter::AuditDropped) {
+            self.gone += by;
+        }
+    }
     fn log_warn(&self, _message: &str) {}
     fn log_error(&self, _message: &str) {}
 }
@@ -188,10 +199,16 @@ pub struct Worker {
     grpc: BTreeMap<u32, GrpcUse>,
     watch: BTreeMap<u32, WatchSide>,
     tokens: Rc<Cell<u32>>,
+    queued: Rc<Cell<u64>>,
     next_sid: u64,
 }
 
 impl Worker {
+    /// Items in the outbox not yet delivered (what Envoy's counters show as queued - delivered - dropped).
+    pub fn outbox_pending(&self) -> u64 {
+        self.queued.get().saturating_sub(self.io.gone)
+    }
+
     pub fn new(gateway: usize) -> Worker {
         let tokens = World::tokens();
         Worker {
@@ -210,11 +227,13 @@ impl Worker {
                 sent: Vec::new(),
                 cancelled: Vec::new(),
                 received: Vec::new(),
+                gone: 0,
             },
             streams: BTreeMap::new(),
             grpc: BTreeMap::new(),
             watch: BTreeMap::new(),
             tokens,
+            queued: Rc::new(Cell::new(0)),
             next_sid: 0,
         }
     }
@@ -236,6 +255,8 @@ impl World<'_> {
         wk.up = true;
         wk.root = Root::default();
         wk.tokens.set(0);
+        wk.queued.set(0);
+        wk.io.gone = 0;
         wk.io.rng = Rng::derive(seed, "worker", (i as u64) << 16 | u64::from(wk.inc));
         wk.io.now_us = self.now;
         wk.streams.clear();
@@ -330,6 +351,16 @@ impl World<'_> {
         let cancelled = std::mem::take(&mut wk.io.cancelled);
         for (token, rpc, body, timeout) in dispatched {
             self.workers[i].grpc.insert(token, GrpcUse::Root);
+            if let Ok(batch) = keybrake_filter::wire::CallRecordBatch::decode(body.as_slice()) {
+                let calls: Vec<&str> = batch
+                    .records
+                    .iter()
+                    .map(|r| r.call_id.as_str())
+                    .chain(batch.orphaned_settlements.iter().map(|s| s.call_id.as_str()))
+                    .collect();
+                let tags = calls.iter().flat_map(|c| self.call_tags(c)).collect();
+                self.note(tags, format!("w{i} sends its outbox: {calls:?} (token {token})"));
+            }
             self.start_rpc(w, token, rpc, body, timeout);
         }
         for token in opened {
@@ -409,6 +440,12 @@ impl World<'_> {
         }
         match self.workers[w.idx].grpc.remove(&token) {
             Some(GrpcUse::Root) => {
+                if status != 0 {
+                    self.note(
+                        vec!["*".into()],
+                        format!("w{}'s outbox batch (token {token}) failed: status {status}", w.idx),
+                    );
+                }
                 let wk = &mut self.workers[w.idx];
                 wk.io.now_us = self.now;
                 wk.root.on_grpc_call_response(&mut wk.io, token, status);
@@ -443,6 +480,7 @@ impl World<'_> {
             req_body: body,
             tokens: wk.tokens.clone(),
             ids: wk.root.ids(),
+            queued: wk.queued.clone(),
             ..Default::default()
         };
         let s = HttpStream { attempt, flow: wk.root.new_flow(), io, forwarded: false };
@@ -523,6 +561,7 @@ impl World<'_> {
         s.forwarded = true;
         let call_id = s.io.call_id.clone().unwrap_or_default();
         let decided = if s.io.decided_locally {
+            self.stats.cached_reads += 1;
             Some((self.now, format!("w{}'s key cache", w.idx)))
         } else {
             self.hist.decided.get(&call_id).cloned()

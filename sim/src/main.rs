@@ -201,6 +201,7 @@ fn print_summary(s: &Summary, took: f64) {
         s.events,
         s.simulated_us as f64 / 1e6
     );
+    println!("reads decided from a worker's key cache: {}", s.cached_reads);
     println!("faults injected: {faults} {:?}", s.faults);
     println!(
         "observed (allowed by the stated guarantees): {} uncertain calls retried under the same upstream key and executed again by the non-deduplicating upstream, {} calls allowed before a revocation was acknowledged and forwarded after it, {} charges authorized before UTC midnight and executed after it, {} successful reads whose audit record was lost",

@@ -210,6 +210,7 @@ pub struct Summary {
     pub events: u64,
     pub store_ops: u64,
     pub simulated_us: i64,
+    pub cached_reads: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub observed: Observed,
     /// Failing seeds and their first violation's kind.
@@ -224,6 +225,7 @@ impl Summary {
         self.rpcs += out.stats.rpcs;
         self.events += out.stats.events;
         self.store_ops += out.stats.store_ops;
+        self.cached_reads += out.stats.cached_reads;
         self.simulated_us += out.stats.simulated_us;
         for (k, n) in &out.stats.faults {
             *self.faults.entry(k).or_default() += n;
@@ -244,6 +246,7 @@ impl Summary {
         self.rpcs += other.rpcs;
         self.events += other.events;
         self.store_ops += other.store_ops;
+        self.cached_reads += other.cached_reads;
         self.simulated_us += other.simulated_us;
         for (k, n) in other.faults {
             *self.faults.entry(k).or_default() += n;

@@ -103,6 +103,7 @@ pub enum Ev {
     RestartReplica(usize),
     RestartWorker(usize),
     Heal,
+    Quiet,
 }
 
 impl Ev {
@@ -216,6 +217,8 @@ pub struct Stats {
     pub upstream_requests: u64,
     pub store_ops: u64,
     pub simulated_us: i64,
+    /// Reads a worker decided from its key cache.
+    pub cached_reads: u64,
     pub faults: BTreeMap<&'static str, u64>,
 }
 
@@ -250,6 +253,7 @@ pub struct World<'rt> {
     pub stats: Stats,
     pub healing: bool,
     pub end_at: Option<i64>,
+    hard_end: i64,
     /// Calls into the control service's async code (each one or more store operations).
     pub store_ops: Cell<u64>,
 }
@@ -286,6 +290,7 @@ impl<'rt> World<'rt> {
             stats: Stats::default(),
             healing: false,
             end_at: None,
+            hard_end: i64::MAX,
             store_ops: Cell::new(0),
             rt,
             plan,
@@ -473,6 +478,7 @@ impl<'rt> World<'rt> {
             Ev::RestartWorker(w) if !self.workers[w].up => self.start_worker(w),
             Ev::RestartReplica(_) | Ev::RestartWorker(_) => {}
             Ev::Heal => self.heal(),
+            Ev::Quiet => self.quiet(),
         }
     }
 
@@ -533,18 +539,17 @@ impl<'rt> World<'rt> {
         }
     }
 
-    /// Every fault ends: nodes thaw and restart, the network and the upstream
-    /// behave; the run goes on until every lease has run out and the outboxes
-    /// had time to drain.
+    /// Every fault ends: nodes restart (frozen ones thaw when their freeze
+    /// ends), the network and the upstream behave; the run goes on until every
+    /// lease has run out and every outbox is delivered.
     fn heal(&mut self) {
-        if self.end_at.is_some() {
+        if self.hard_end != i64::MAX {
             return;
         }
         self.healing = true;
         self.event("heal: every fault ends".into());
         self.cond = Conditions::default();
         for i in 0..self.replicas.len() {
-            self.replicas[i].frozen_until = 0;
             self.replicas[i].lost_until = 0;
             self.replicas[i].crash_armed = None;
             if self.replicas[i].app.is_none() {
@@ -552,12 +557,32 @@ impl<'rt> World<'rt> {
             }
         }
         for i in 0..self.workers.len() {
-            self.workers[i].frozen_until = 0;
             if !self.workers[i].up {
                 self.start_worker(i);
             }
         }
-        self.end_at = Some(self.now + (self.plan.lease_secs + 4) * 1_000_000);
+        // What a frozen node held arrives when it would have thawed; calls
+        // reserved then need their lease to run out and a sweep to see it.
+        let thawed = self
+            .replicas
+            .iter()
+            .map(|r| r.frozen_until)
+            .chain(self.workers.iter().map(|w| w.frozen_until))
+            .fold(self.now, i64::max);
+        let quiet_from = thawed + (self.plan.lease_secs + 2) * 1_000_000;
+        self.hard_end = self.now + 60_000_000;
+        self.at(quiet_from, Ev::Quiet);
+    }
+
+    /// The run ends once every lease has run out and every worker's outbox is
+    /// delivered (its deadline and backoff can take some ten seconds).
+    fn quiet(&mut self) {
+        let pending: u64 = self.workers.iter().filter(|w| w.up).map(|w| w.outbox_pending()).sum();
+        if pending == 0 || self.now >= self.hard_end {
+            self.end_at = Some(self.now + 1_100_000);
+        } else {
+            self.after(500_000, Ev::Quiet);
+        }
     }
 
     pub fn tokens() -> Rc<Cell<u32>> {
