@@ -143,6 +143,9 @@ pub struct Observed {
     pub forwarded_after_ack: u64,
     /// Charges authorized on one UTC day and executed on the next.
     pub across_midnight: u64,
+    /// Keys whose charges executed on one UTC day (rather than authorized on
+    /// it) add up to more than the cap: what a cap per day of execution would forbid.
+    pub over_cap_by_execution_day: u64,
     /// Successful reads whose audit record was lost with a worker or a lost commit.
     pub reads_unaudited: u64,
 }
@@ -260,6 +263,7 @@ pub fn check(w: &World) -> (Vec<Violation>, Observed) {
     // holds no reservation once every call settled or its lease ran out.
     let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut money: BTreeMap<(String, i64), Money> = BTreeMap::new();
+    let mut by_execution_day: BTreeMap<(String, i64), i64> = BTreeMap::new();
     for e in &h.execs {
         if !seen.insert((e.op.as_str(), e.idem.as_str())) {
             continue; // what Stripe would have replayed
@@ -271,6 +275,7 @@ pub fn check(w: &World) -> (Vec<Violation>, Observed) {
         if day_of(e.t) != day {
             obs.across_midnight += 1;
         }
+        *by_execution_day.entry((intent.entry.key_id.clone(), day_of(e.t))).or_default() += usd;
         let m = money.entry((intent.entry.key_id.clone(), day)).or_default();
         m.usd += usd;
         m.ledger_usd += intent.entry.usd_micros.unwrap_or(0);
@@ -312,6 +317,11 @@ pub fn check(w: &World) -> (Vec<Violation>, Observed) {
                     ),
                 });
             }
+        }
+    }
+    for ((key_id, _), usd) in &by_execution_day {
+        if caps.get(key_id.as_str()).and_then(|(_, cap)| *cap).is_some_and(|cap| *usd > cap * 10_000) {
+            obs.over_cap_by_execution_day += 1;
         }
     }
     let start_day = day_of(w.plan.start_us);

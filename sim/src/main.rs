@@ -2,7 +2,7 @@
 //!
 //!     sim --seed N [--drop j1,f2] [--history]     one run, replayed exactly
 //!     sim --seeds A..B [--threads T]              many runs; the first failure is shrunk and printed
-//!     sim --regressions sim/regressions.txt       the seeds that once found a bug
+//!     sim --regressions sim/regressions.txt       the seeds that once found a bug (combines with --seeds)
 //!
 //! Exit status 0 when every invariant held in every run, 1 when one did not, 2 on a usage error.
 
@@ -64,7 +64,7 @@ fn parse() -> Result<Args, String> {
                     None => (Ok(0), text.parse::<u64>()),
                 };
                 match (lo, hi) {
-                    (Ok(lo), Ok(hi)) if lo < hi => a.seeds = (lo..hi).collect(),
+                    (Ok(lo), Ok(hi)) if lo < hi => a.seeds.extend(lo..hi),
                     _ => return Err("--seeds takes A..B (A < B) or a count".into()),
                 }
             }
@@ -89,6 +89,8 @@ fn parse() -> Result<Args, String> {
     if a.seeds.is_empty() {
         return Err("give --seed, --seeds or --regressions".into());
     }
+    let mut seen = std::collections::BTreeSet::new();
+    a.seeds.retain(|s| seen.insert(*s));
     Ok(a)
 }
 
@@ -203,10 +205,18 @@ fn print_summary(s: &Summary, took: f64) {
     );
     println!("reads decided from a worker's key cache: {}", s.cached_reads);
     println!("faults injected: {faults} {:?}", s.faults);
+    let o = &s.observed;
+    println!("observed, and allowed by the guarantees as stated (SECURITY.md, \"Deterministic simulation\"):");
     println!(
-        "observed (allowed by the stated guarantees): {} uncertain calls retried under the same upstream key and executed again by the non-deduplicating upstream, {} calls allowed before a revocation was acknowledged and forwarded after it, {} charges authorized before UTC midnight and executed after it, {} successful reads whose audit record was lost",
-        s.observed.same_key_repeats, s.observed.forwarded_after_ack, s.observed.across_midnight, s.observed.reads_unaudited
+        "  {} retries of uncertain calls sent under the same upstream key and executed again by the upstream that does not deduplicate",
+        o.same_key_repeats
     );
+    println!("  {} calls allowed before their key's revocation was acknowledged and forwarded after it", o.forwarded_after_ack);
+    println!(
+        "  {} charges authorized before UTC midnight and executed after it; {} keys over their cap counted by day of execution",
+        o.across_midnight, o.over_cap_by_execution_day
+    );
+    println!("  {} successful reads whose audit record was lost with their worker or a lost commit", o.reads_unaudited);
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, k) in &s.failed {
         *kinds.entry(k.as_str()).or_default() += 1;

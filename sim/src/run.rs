@@ -233,6 +233,7 @@ impl Summary {
         self.observed.same_key_repeats += out.observed.same_key_repeats;
         self.observed.forwarded_after_ack += out.observed.forwarded_after_ack;
         self.observed.across_midnight += out.observed.across_midnight;
+        self.observed.over_cap_by_execution_day += out.observed.over_cap_by_execution_day;
         self.observed.reads_unaudited += out.observed.reads_unaudited;
         if let Some(v) = out.violations.first() {
             self.failed.push((seed, v.kind.to_owned()));
@@ -254,6 +255,7 @@ impl Summary {
         self.observed.same_key_repeats += other.observed.same_key_repeats;
         self.observed.forwarded_after_ack += other.observed.forwarded_after_ack;
         self.observed.across_midnight += other.observed.across_midnight;
+        self.observed.over_cap_by_execution_day += other.observed.over_cap_by_execution_day;
         self.observed.reads_unaudited += other.observed.reads_unaudited;
         self.failed.extend(other.failed);
     }
