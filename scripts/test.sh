@@ -49,6 +49,9 @@ pg_started=1
 export KEYBRAKE_TEST_DATABASE_URL=$pg_url KEYBRAKE_REQUIRE_POSTGRES=1
 step "unit and property tests"
 cargo test --workspace --quiet
+step "deterministic simulation (10,000 seeds and the regression seeds; scripts/sim.sh runs more)"
+# The real filter flow and control-service code over a simulated network, clock and upstream (SECURITY.md).
+cargo run --quiet -p keybrake-sim -- --seeds 0..10000 --regressions sim/regressions.txt --threads "$(nproc)"
 step "build"
 scripts/build-filter.sh
 cargo build --quiet -p keybrake-control

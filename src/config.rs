@@ -31,7 +31,10 @@ pub struct FilterConfig {
     pub max_request_body_bytes: usize,
     /// Largest response body kept for replay; larger ones are stored cut.
     pub max_response_body_bytes: usize,
-    /// How often the root context sends queued audit records.
+    /// How often the root context sends queued audit records (and, at most
+    /// every 250 ms, the worker's clock on its revocation stream: with an
+    /// interval much over 500 ms the key cache's trust lapses between ticks,
+    /// and reads are decided by the control service).
     pub audit_flush_interval_ms: u64,
     pub audit_batch_size: usize,
     /// Records kept while the control service is unreachable; older ones are dropped (and counted).

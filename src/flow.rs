@@ -104,6 +104,10 @@ pub struct Flow {
     /// Items put in the outbox and not yet counted in the metrics.
     queued: u32,
     response: Option<Answered>,
+    /// The settlement sent with Settle, kept until acknowledged: when Settle
+    /// fails or the stream ends first, the outbox delivers this one, with the
+    /// answer's body and headers (the record replays them).
+    unacknowledged: Option<wire::SettleRequest>,
 }
 
 impl Flow {
@@ -124,6 +128,7 @@ impl Flow {
             asked: None,
             queued: 0,
             response: None,
+            unacknowledged: None,
         }
     }
 
@@ -392,7 +397,9 @@ impl Flow {
         let mut request = self.settlement(Some(&headers));
         request.body = body;
         request.body_truncated = truncated;
-        match host.dispatch(Rpc::Settle, &request.encode_to_vec(), self.config.settle_timeout_ms) {
+        let bytes = request.encode_to_vec();
+        self.unacknowledged = Some(request);
+        match host.dispatch(Rpc::Settle, &bytes, self.config.settle_timeout_ms) {
             Some(token) => {
                 self.stage = Stage::Settling(token);
                 Step::Pause
@@ -479,7 +486,16 @@ impl Flow {
         if let Some(call) = &self.call {
             if call.settle {
                 if !call.settled {
-                    let settlement = self.settlement(None);
+                    let settlement = match self.unacknowledged.take() {
+                        Some(sent) => sent,
+                        None => {
+                            // The stream ended before the answer was read: what it
+                            // said is not known in full, so it is not kept for replay.
+                            let mut s = self.settlement(None);
+                            s.body_truncated = self.response.is_some();
+                            s
+                        }
+                    };
                     self.queue(None, Some(settlement));
                 }
                 self.report_queued(host);

@@ -320,6 +320,49 @@ fn a_failed_settle_releases_the_response_and_queues_the_settlement() {
     assert_eq!((s.outcome, s.http_status), (Outcome::Responded as i32, 402));
 }
 
+/// Found by the deterministic simulator (`sim --seed 50`, before the fix): a
+/// settlement queued after Settle failed, or after the client left while it
+/// was in flight, carried the status without the answer, and its record then
+/// replayed an empty 200 to the next retry.
+#[test]
+fn a_settlement_queued_after_settle_failed_carries_the_answer() {
+    for ended in ["settle failed", "client left"] {
+        let (mut flow, mut host, outbox) = forwarded_charge();
+        host.response_headers = vec![(":status".into(), "200".into()), ("request-id".into(), "req_7".into())];
+        host.code_details = Some("via_upstream".into());
+        host.response_body = br#"{"id":"ch_7","amount":1,"currency":"usd"}"#.to_vec();
+        assert_eq!(flow.on_response_headers(&mut host, false), Step::Pause);
+        let n = host.response_body.len();
+        assert_eq!(flow.on_response_body(&mut host, n, true), Step::Pause);
+        if ended == "settle failed" {
+            flow.on_grpc_response(&mut host, 2, 4, 0);
+            assert_eq!(host.resumed_response, 1);
+        }
+        flow.on_log(&mut host);
+        let batch = outbox.borrow_mut().take_batch(10).unwrap();
+        let s = &batch.orphaned_settlements[0];
+        assert_eq!((s.outcome, s.http_status), (Outcome::Responded as i32, 200), "{ended}");
+        assert_eq!(s.body, host.response_body, "{ended}");
+        assert!(s.headers.iter().any(|h| h.name == "request-id" && h.value == "req_7"), "{ended}");
+        assert!(!s.body_truncated, "{ended}");
+    }
+}
+
+/// The client left after the answer's headers and before its body: the
+/// answer is not known in full, so the record keeps no answer to replay.
+#[test]
+fn a_settlement_of_an_answer_not_read_in_full_keeps_no_replay() {
+    let (mut flow, mut host, outbox) = forwarded_charge();
+    host.response_headers = vec![(":status".into(), "200".into())];
+    host.code_details = Some("via_upstream".into());
+    assert_eq!(flow.on_response_headers(&mut host, false), Step::Pause);
+    flow.on_log(&mut host);
+    let batch = outbox.borrow_mut().take_batch(10).unwrap();
+    let s = &batch.orphaned_settlements[0];
+    assert_eq!((s.outcome, s.http_status), (Outcome::Responded as i32, 200));
+    assert!(s.body_truncated);
+}
+
 #[test]
 fn classifies_envoy_details() {
     assert_eq!(classify("via_upstream", 502), Outcome::Responded);
@@ -329,7 +372,7 @@ fn classifies_envoy_details() {
     assert_eq!(classify("", 0), Outcome::Uncertain);
 }
 
-/// The flows' clock (microseconds), and when the cache last heard from its replica (milliseconds).
+/// The flows' clock (microseconds), and the worker's time its replica last echoed (milliseconds).
 const NOW_US: i64 = 1_795_690_000_000_000;
 const HEARD_MS: u64 = (NOW_US / 1000) as u64;
 
@@ -353,7 +396,7 @@ fn allowed_read_metadata(generation: u64) -> wire::KeyMetadata {
 #[test]
 fn reads_of_a_cached_key_are_decided_without_a_round_trip() {
     let cache = Rc::new(RefCell::new(KeyCache::default()));
-    cache.borrow_mut().apply(&wire::Revocation { generation: 7, key_hashes: vec![], heartbeat: false }, HEARD_MS);
+    cache.borrow_mut().apply(&wire::Revocation { generation: 7, echo_ms: HEARD_MS, ..Default::default() }, HEARD_MS);
     // First read: asked, and the answer is cached.
     let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_1", &cache);
     assert_eq!(flow.on_request_headers(&mut host, true), Step::Pause);
@@ -375,7 +418,7 @@ fn reads_of_a_cached_key_are_decided_without_a_round_trip() {
     }
     // A revocation pushed on the stream evicts the key at once.
     cache.borrow_mut().apply(
-        &wire::Revocation { generation: 8, key_hashes: vec![key().hash().to_vec()], heartbeat: false },
+        &wire::Revocation { generation: 8, key_hashes: vec![key().hash().to_vec()], ..Default::default() },
         HEARD_MS,
     );
     let (mut flow, mut host) = setup_with_cache("GET", "/stripe/v1/charges/ch_3", &cache);
@@ -386,7 +429,7 @@ fn reads_of_a_cached_key_are_decided_without_a_round_trip() {
 #[test]
 fn an_expired_cached_key_goes_back_to_the_control_service() {
     let cache = Rc::new(RefCell::new(KeyCache::default()));
-    cache.borrow_mut().apply(&wire::Revocation { generation: 1, key_hashes: vec![], heartbeat: false }, HEARD_MS);
+    cache.borrow_mut().apply(&wire::Revocation { generation: 1, echo_ms: HEARD_MS, ..Default::default() }, HEARD_MS);
     let mut expired = allowed_read_metadata(1);
     expired.expires_at = 1_795_689_999;
     cache.borrow_mut().remember(key().hash(), expired, "Bearer sk_test_real");

@@ -1,8 +1,13 @@
 //! The worker's cache of keys it may decide on alone: calls that hold no
 //! state (reads). It is trusted only while the worker's revocation stream is
-//! connected and its replica was heard from within [`TRUST_MS`] (a frozen
-//! replica keeps the stream open but says nothing, and revokers stop waiting
-//! for a silent replica after a few seconds); revocations pushed on it evict
+//! connected and within [`TRUST_MS`] of a time of the worker's own that its
+//! replica echoed back on it (the worker sends its clock at least every
+//! 250 ms; the replica echoes the latest it got in every message). A frozen
+//! replica says nothing; a stream that delays messages brings old echoes,
+//! however recently they arrived: either way trust runs out within a second
+//! of the last time the replica is known to have been in touch — before a
+//! replica that waited a second for the worker's acknowledgement of a
+//! revocation stops waiting for it. Revocations pushed on the stream evict
 //! keys at once, and metadata older than the newest revocation seen is never
 //! cached.
 
@@ -18,9 +23,11 @@ use crate::wire::{KeyMetadata, Revocation};
 
 /// Entries kept before the cache starts over (a worker sees few distinct keys).
 const CAPACITY: usize = 10_000;
-/// How recently the replica must have spoken (it sends a heartbeat every
-/// 250 ms) for the cache to decide: well inside the 3 s after which revokers
-/// stop waiting for a replica they do not hear from.
+/// How recently (by the worker's clock) the replica must have echoed a time
+/// the worker sent for the cache to decide: no longer than a replica waits
+/// for a worker to acknowledge a revocation (1 s) before it stops waiting,
+/// and well inside the 3 s after which revokers stop waiting for a replica
+/// they do not hear from.
 pub const TRUST_MS: u64 = 1_000;
 
 #[derive(Debug, Clone)]
@@ -45,15 +52,19 @@ impl std::fmt::Debug for Credential {
 pub struct KeyCache {
     connected: bool,
     generation: u64,
-    /// When the stream last carried a message (milliseconds, the host's clock).
-    heard_at_ms: u64,
+    /// The latest of the worker's own times (milliseconds, the host's clock)
+    /// its replica echoed on the stream; 0 before any.
+    echoed_ms: u64,
     entries: HashMap<KeyHash, CachedKey>,
 }
 
 impl KeyCache {
     /// Applies a pushed message heard at `now_ms`; returns the generation to acknowledge.
     pub fn apply(&mut self, r: &Revocation, now_ms: u64) -> u64 {
-        self.heard_at_ms = now_ms;
+        // An echo of a time not yet come is no evidence of anything.
+        if r.echo_ms <= now_ms {
+            self.echoed_ms = self.echoed_ms.max(r.echo_ms);
+        }
         if r.heartbeat {
             return self.generation;
         }
@@ -61,6 +72,7 @@ impl KeyCache {
             // The stream's first message: start over from an empty cache.
             self.entries.clear();
             self.connected = true;
+            self.echoed_ms = if r.echo_ms <= now_ms { r.echo_ms } else { 0 };
         } else {
             for h in &r.key_hashes {
                 if let Ok(hash) = KeyHash::try_from(h.as_slice()) {
@@ -75,7 +87,13 @@ impl KeyCache {
     /// Without its stream the cache could miss a revocation: forget everything.
     pub fn disconnect(&mut self) {
         self.connected = false;
+        self.echoed_ms = 0;
         self.entries.clear();
+    }
+
+    /// The highest generation applied (what the worker acknowledges).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Caches a key the control service just allowed (with the credential its
@@ -101,8 +119,8 @@ impl KeyCache {
 
     /// The cached key, if the cache may decide at `now_ms`.
     pub fn get(&self, hash: &KeyHash, now_ms: u64) -> Option<&CachedKey> {
-        let heard_lately = now_ms.saturating_sub(self.heard_at_ms) < TRUST_MS;
-        if self.connected && heard_lately {
+        let in_touch = self.echoed_ms > 0 && now_ms.saturating_sub(self.echoed_ms) < TRUST_MS;
+        if self.connected && in_touch {
             self.entries.get(hash)
         } else {
             None
@@ -165,49 +183,79 @@ mod tests {
         }
     }
 
-    fn hello(generation: u64) -> Revocation {
-        Revocation { generation, ..Default::default() }
+    fn hello(generation: u64, echo_ms: u64) -> Revocation {
+        Revocation { generation, echo_ms, ..Default::default() }
+    }
+
+    fn beat(echo_ms: u64) -> Revocation {
+        Revocation { heartbeat: true, echo_ms, ..Default::default() }
     }
 
     #[test]
     fn nothing_is_cached_or_served_without_the_stream() {
         let mut c = KeyCache::default();
         c.remember([1; 32], meta(0), "Bearer sk_test_real");
-        assert!(c.get(&[1; 32], 0).is_none());
-        c.apply(&hello(3), 0);
+        assert!(c.get(&[1; 32], 100).is_none());
+        c.apply(&hello(3, 100), 100);
         c.remember([1; 32], meta(3), "Bearer sk_test_real");
-        assert!(c.get(&[1; 32], 0).is_some());
+        assert!(c.get(&[1; 32], 100).is_some());
         c.disconnect();
-        assert!(c.get(&[1; 32], 0).is_none());
-        c.apply(&hello(3), 0);
-        assert!(c.get(&[1; 32], 0).is_none(), "a new stream starts empty");
+        assert!(c.get(&[1; 32], 100).is_none());
+        c.apply(&hello(3, 100), 100);
+        assert!(c.get(&[1; 32], 100).is_none(), "a new stream starts empty");
     }
 
     #[test]
     fn revocations_evict_and_stale_answers_are_not_cached() {
         let mut c = KeyCache::default();
-        c.apply(&hello(3), 0);
+        c.apply(&hello(3, 100), 100);
         c.remember([1; 32], meta(3), "Bearer sk_test_real");
         c.remember([2; 32], meta(3), "Bearer sk_test_real");
-        assert_eq!(c.apply(&Revocation { generation: 4, key_hashes: vec![vec![1; 32]], heartbeat: false }, 0), 4);
-        assert!(c.get(&[1; 32], 0).is_none());
-        assert!(c.get(&[2; 32], 0).is_some());
+        let revocation = Revocation { generation: 4, key_hashes: vec![vec![1; 32]], ..Default::default() };
+        assert_eq!(c.apply(&revocation, 100), 4);
+        assert_eq!(c.generation(), 4);
+        assert!(c.get(&[1; 32], 100).is_none());
+        assert!(c.get(&[2; 32], 100).is_some());
         c.remember([1; 32], meta(3), "Bearer sk_test_real");
-        assert!(c.get(&[1; 32], 0).is_none(), "read before generation 4: may be revoked");
+        assert!(c.get(&[1; 32], 100).is_none(), "read before generation 4: may be revoked");
         c.remember([5; 32], meta(4), "");
-        assert!(c.get(&[5; 32], 0).is_none());
+        assert!(c.get(&[5; 32], 100).is_none());
     }
 
     #[test]
     fn a_replica_gone_silent_is_not_trusted_even_with_its_stream_open() {
         let mut c = KeyCache::default();
-        c.apply(&hello(3), 10_000);
+        c.apply(&hello(3, 10_000), 10_000);
         c.remember([1; 32], meta(3), "Bearer sk_test_real");
         assert!(c.get(&[1; 32], 10_500).is_some());
         assert!(c.get(&[1; 32], 10_000 + TRUST_MS).is_none(), "frozen or cut off: decided by the control service");
-        // A heartbeat is heard: trusted again, nothing applied, the generation unchanged.
-        let beat = Revocation { generation: 0, key_hashes: vec![], heartbeat: true };
-        assert_eq!(c.apply(&beat, 12_000), 3);
+        // A heartbeat echoes a recent time: trusted again, nothing applied, the generation unchanged.
+        assert_eq!(c.apply(&beat(11_900), 12_000), 3);
         assert!(c.get(&[1; 32], 12_100).is_some(), "a heartbeat neither clears the cache nor moves the generation");
+    }
+
+    /// Found by the deterministic simulator (`sim --seed 5943`, before the
+    /// fix): a stream delayed by over a second kept bringing heartbeats, so the
+    /// worker trusted its cache while the revocation waited behind them; its
+    /// replica had stopped waiting for it after a second, and the revocation
+    /// was acknowledged before the worker's next read with the key.
+    #[test]
+    fn a_delayed_stream_is_not_trusted_however_recently_its_messages_arrived() {
+        let mut c = KeyCache::default();
+        c.apply(&hello(3, 10_000), 10_000);
+        c.remember([1; 32], meta(3), "Bearer sk_test_real");
+        // Heartbeats keep arriving, but what they echo is from 1.5 s ago.
+        assert_eq!(c.apply(&beat(10_100), 11_600), 3);
+        assert!(c.get(&[1; 32], 11_600).is_none());
+        assert_eq!(c.apply(&beat(10_250), 11_750), 3);
+        assert!(c.get(&[1; 32], 11_750).is_none());
+        // Nothing echoed yet, or a time not yet come: no trust.
+        c.apply(&hello(4, 0), 20_000);
+        c.remember([1; 32], meta(4), "Bearer sk_test_real");
+        assert!(c.get(&[1; 32], 20_000).is_none());
+        c.apply(&beat(99_999), 20_000);
+        assert!(c.get(&[1; 32], 20_000).is_none());
+        c.apply(&beat(19_990), 20_000);
+        assert!(c.get(&[1; 32], 20_000).is_some());
     }
 }

@@ -21,6 +21,9 @@ use crate::wire::{CallRecordBatch, Revocation, WatchRequest};
 
 /// The shortest wait between two attempts to open the revocation stream.
 pub const WATCH_RETRY_MS: u64 = 1_000;
+/// How often, at most, the worker sends its clock on the revocation stream
+/// for its replica to echo (on the tick: every 100 ms by default).
+pub const PING_EVERY_MS: u64 = 250;
 
 /// The per-worker root context: configuration, the outbox drain, the key
 /// cache's revocation stream, and what its HTTP streams share.
@@ -37,6 +40,8 @@ pub struct Root {
     /// The open revocation stream, and when the last attempt to open one was made.
     watch: Option<u32>,
     watch_tried_at: Option<u64>,
+    /// When the worker last sent on the revocation stream.
+    watch_sent_at: u64,
 }
 
 impl Root {
@@ -115,12 +120,17 @@ impl Root {
         }
     }
 
-    /// Opens the revocation stream if it is not open (at most once a second).
+    /// Opens the revocation stream if it is not open (at most once a second);
+    /// on an open one, sends the worker's clock every [`PING_EVERY_MS`].
     fn watch_revocations(&mut self, host: &mut impl RootHost) {
-        if self.watch.is_some() {
+        let now = now_millis(host);
+        if let Some(token) = self.watch {
+            if now.saturating_sub(self.watch_sent_at) >= PING_EVERY_MS {
+                let generation = self.cache.try_borrow().map(|c| c.generation()).unwrap_or(0);
+                self.send_watch(host, token, generation);
+            }
             return;
         }
-        let now = now_millis(host);
         if self.watch_tried_at.is_some_and(|t| now.saturating_sub(t) < WATCH_RETRY_MS) {
             return;
         }
@@ -128,7 +138,7 @@ impl Root {
         match host.open_revocation_stream(&self.config.control_cluster) {
             Some(token) => {
                 self.watch = Some(token);
-                ack(host, token, 0);
+                self.send_watch(host, token, 0);
             }
             None => host.log_warn("keybrake: cannot open the revocation stream; reads go to the control service"),
         }
@@ -157,8 +167,17 @@ impl Root {
             Err(_) => return,
         };
         if !revocation.heartbeat {
-            ack(host, token, acked);
+            self.send_watch(host, token, acked);
         }
+    }
+
+    /// Tells the replica which revocations this worker applied, and the
+    /// worker's clock for it to echo (see [`KeyCache`]).
+    fn send_watch(&mut self, host: &mut impl RootHost, token: u32, generation: u64) {
+        let now = now_millis(host);
+        self.watch_sent_at = now;
+        let msg = WatchRequest { acked_generation: generation, sent_at_ms: now };
+        host.send_stream_message(token, &msg.encode_to_vec());
     }
 
     pub fn on_grpc_stream_close(&mut self, token: u32) {
@@ -213,12 +232,6 @@ impl Root {
     fn outbox_empty(&self) -> bool {
         self.outbox.try_borrow().map(|o| o.is_empty()).unwrap_or(false)
     }
-}
-
-/// Tells the control service which revocations this worker applied.
-fn ack(host: &mut impl RootHost, token: u32, generation: u64) {
-    let msg = WatchRequest { acked_generation: generation }.encode_to_vec();
-    host.send_stream_message(token, &msg);
 }
 
 fn now_millis(host: &impl RootHost) -> u64 {

@@ -3,7 +3,7 @@
 
 use prost::Message;
 
-use super::{Root, WATCH_RETRY_MS};
+use super::{Root, PING_EVERY_MS, WATCH_RETRY_MS};
 use crate::host::{Counter, Rpc};
 use crate::mock::MockRootHost;
 use crate::wire::{CallRecord, CallRecordBatch, KeyMetadata, Revocation, SettleRequest, WatchRequest};
@@ -40,6 +40,10 @@ fn record_ids(call: &crate::mock::RootCall) -> Vec<String> {
 
 fn acked(message: &[u8]) -> u64 {
     WatchRequest::decode(message).unwrap().acked_generation
+}
+
+fn sent_at(message: &[u8]) -> u64 {
+    WatchRequest::decode(message).unwrap().sent_at_ms
 }
 
 /// The answer to the `n`th call the root started, with gRPC `status`.
@@ -214,7 +218,15 @@ fn the_revocation_stream_is_opened_at_most_once_a_second_and_acknowledged() {
     assert_eq!(cluster, "ctl");
     assert_eq!(host.sent.len(), 1);
     assert_eq!((host.sent[0].0, acked(&host.sent[0].1)), (token, 0), "opened with generation 0");
-    // Open: later ticks leave it be.
+    assert_eq!(sent_at(&host.sent[0].1), host.now_ms, "with the worker's clock");
+    // Open: later ticks leave it be, and send the worker's clock every 250 ms.
+    host.now_ms += PING_EVERY_MS - 1;
+    root.on_tick(&mut host);
+    assert_eq!(host.sent.len(), 1);
+    host.now_ms += 1;
+    root.on_tick(&mut host);
+    assert_eq!(host.sent.len(), 2);
+    assert_eq!((acked(&host.sent[1].1), sent_at(&host.sent[1].1)), (0, host.now_ms));
     host.now_ms += 10 * WATCH_RETRY_MS;
     root.on_tick(&mut host);
     assert_eq!(host.stream_attempts, 2);
@@ -225,12 +237,8 @@ fn revocations_are_applied_and_acknowledged_with_the_generation_applied() {
     let (mut root, mut host) = configured();
     root.on_tick(&mut host);
     let token = host.streams[0].0;
-    receive(
-        &mut root,
-        &mut host,
-        token,
-        Revocation { generation: 7, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
-    );
+    let hello = Revocation { generation: 7, echo_ms: host.now_ms, ..Default::default() };
+    receive(&mut root, &mut host, token, hello.encode_to_vec());
     assert_eq!(acked(&host.sent[1].1), 7);
     let meta = KeyMetadata { generation: 7, ..Default::default() };
     root.cache.borrow_mut().remember([1; 32], meta.clone(), "Bearer sk_test_real");
@@ -240,7 +248,7 @@ fn revocations_are_applied_and_acknowledged_with_the_generation_applied() {
         &mut root,
         &mut host,
         token,
-        Revocation { generation: 9, key_hashes: vec![vec![1; 32]], heartbeat: false }.encode_to_vec(),
+        Revocation { generation: 9, key_hashes: vec![vec![1; 32]], ..Default::default() }.encode_to_vec(),
     );
     assert_eq!(acked(&host.sent[2].1), 9);
     assert!(root.cache.borrow().get(&[1; 32], host.now_ms).is_none());
@@ -250,21 +258,30 @@ fn revocations_are_applied_and_acknowledged_with_the_generation_applied() {
         &mut root,
         &mut host,
         token,
-        Revocation { generation: 8, key_hashes: vec![vec![3; 32]], heartbeat: false }.encode_to_vec(),
+        Revocation { generation: 8, key_hashes: vec![vec![3; 32]], ..Default::default() }.encode_to_vec(),
     );
     assert_eq!(acked(&host.sent[3].1), 9);
     // Messages on another stream are not revocations.
     let size = host.received.len();
     root.on_grpc_stream_message(&mut host, token + 100, size);
     assert_eq!(host.sent.len(), 4);
-    // Heartbeats keep the cache trusted without being acknowledged; silence ends its trust.
-    host.now_ms += crate::key_cache::TRUST_MS - 1;
-    receive(&mut root, &mut host, token, Revocation { heartbeat: true, ..Default::default() }.encode_to_vec());
-    assert_eq!(host.sent.len(), 4, "a heartbeat is not acknowledged");
-    host.now_ms += crate::key_cache::TRUST_MS - 1;
+    // A heartbeat echoing the worker's latest clock keeps the cache trusted
+    // (it is not acknowledged); a second after that clock, trust ends, however
+    // recently a message (echoing an old clock) arrived.
+    host.now_ms += PING_EVERY_MS;
+    root.on_tick(&mut host);
+    assert_eq!(host.sent.len(), 5);
+    let pinged = sent_at(&host.sent[4].1);
+    host.now_ms += 10;
+    let beat = Revocation { heartbeat: true, echo_ms: pinged, ..Default::default() }.encode_to_vec();
+    receive(&mut root, &mut host, token, beat.clone());
+    assert_eq!(host.sent.len(), 5, "a heartbeat is not acknowledged");
+    host.now_ms = pinged + crate::key_cache::TRUST_MS - 1;
     assert!(root.cache.borrow().get(&[2; 32], host.now_ms).is_some());
     host.now_ms += 1;
     assert!(root.cache.borrow().get(&[2; 32], host.now_ms).is_none(), "a replica gone silent is not trusted");
+    receive(&mut root, &mut host, token, beat);
+    assert!(root.cache.borrow().get(&[2; 32], host.now_ms).is_none(), "nor one whose messages come late");
 }
 
 #[test]
@@ -272,12 +289,8 @@ fn an_unreadable_message_cancels_the_stream_and_the_cache_until_a_new_one() {
     let (mut root, mut host) = configured();
     root.on_tick(&mut host);
     let token = host.streams[0].0;
-    receive(
-        &mut root,
-        &mut host,
-        token,
-        Revocation { generation: 1, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
-    );
+    let hello = Revocation { generation: 1, echo_ms: host.now_ms, ..Default::default() };
+    receive(&mut root, &mut host, token, hello.encode_to_vec());
     let meta = KeyMetadata { generation: 1, ..Default::default() };
     root.cache.borrow_mut().remember([1; 32], meta, "Bearer sk_test_real");
     receive(&mut root, &mut host, token, vec![0xff, 0xff, 0xff]);
@@ -294,12 +307,8 @@ fn a_closed_stream_disconnects_the_cache_and_is_reopened() {
     let (mut root, mut host) = configured();
     root.on_tick(&mut host);
     let token = host.streams[0].0;
-    receive(
-        &mut root,
-        &mut host,
-        token,
-        Revocation { generation: 1, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
-    );
+    let hello = Revocation { generation: 1, echo_ms: host.now_ms, ..Default::default() };
+    receive(&mut root, &mut host, token, hello.encode_to_vec());
     let meta = KeyMetadata { generation: 1, ..Default::default() };
     root.cache.borrow_mut().remember([1; 32], meta, "Bearer sk_test_real");
     root.on_grpc_stream_close(token + 1);

@@ -252,7 +252,7 @@ impl App {
     /// ([`crate::revocation::CACHE_TRUST`]): a replica that was paused past
     /// the revokers' patience must not decide from what it cached before.
     async fn key(&self, hash: [u8; 32]) -> StoreResult<Option<KeyRecord>> {
-        if self.revocations.in_sync(crate::revocation::CACHE_TRUST) {
+        if self.revocations.in_sync(self.clock.monotonic(), crate::revocation::CACHE_TRUST) {
             if let Some(key) = self.keys.get(&hash) {
                 return Ok(Some(key));
             }

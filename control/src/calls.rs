@@ -12,7 +12,7 @@ use crate::model::{
 };
 use crate::reconcile::{self, at_highest_known_rate, Mismatch};
 use crate::store::{Ledger, StoreError, StoreResult};
-use crate::usd::{resolve, to_usd, FxTable, Quote, Resolved};
+use crate::usd::{resolve, to_usd, FxTable, Quote, QuoteCurrency, Resolved};
 use crate::wire::Outcome;
 
 /// Everything `begin_call` needs, gathered before the transaction.
@@ -67,7 +67,20 @@ enum Precedent {
 /// Begins a call: prices it, applies idempotency, reserves its spend and
 /// writes its intent, all or nothing.
 pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun> {
-    let resolved = match resolve(ledger, &plan.price, &plan.fx)? {
+    // Another currency is priced at the rates in the store as this transaction
+    // reads them, not at this replica's copy: a rate set through another
+    // replica is in force for every reservation made after it.
+    let in_usd = match &plan.price {
+        Quote::Free => true,
+        Quote::Amount { currency: QuoteCurrency::Given(c), .. } => c.eq_ignore_ascii_case("usd"),
+        _ => false,
+    };
+    let fx = if in_usd {
+        plan.fx.clone()
+    } else {
+        std::sync::Arc::new(ledger.fx_rates()?.into_iter().map(|r| (r.currency.clone(), r)).collect())
+    };
+    let resolved = match resolve(ledger, &plan.price, &fx)? {
         Ok(r) => r,
         Err(denial) => return deny(ledger, plan, None, denial),
     };
@@ -193,7 +206,7 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
     entry.stage = "intent".into();
     entry.forwarded_idempotency_key = forwarded_key.clone();
     if retry.is_some() {
-        entry.reason = "retry_of_uncertain_call".into();
+        entry.reason = RETRY_OF_UNCERTAIN.into();
     }
     ledger.insert_call(&CallRow {
         call_id: plan.call_id.clone(),
@@ -214,6 +227,10 @@ pub fn begin_call(ledger: &mut dyn Ledger, plan: &CallPlan) -> StoreResult<Begun
         reserved: if earlier.is_some() { 0 } else { amount },
     })
 }
+
+/// The reason on the intent (and call) of a retry that took over an
+/// operation whose outcome is uncertain, under its upstream key.
+const RETRY_OF_UNCERTAIN: &str = "retry_of_uncertain_call";
 
 /// The records a call is identified by: the caller's key (Stripe's
 /// semantics) and, for money-moving calls of content-dedup keys, its content.
@@ -367,7 +384,15 @@ pub fn settle_call(ledger: &mut dyn Ledger, s: &Settlement) -> StoreResult<Optio
     if call.state != CallState::Pending {
         return Ok(None);
     }
-    let v = verdict(s);
+    let mut v = verdict(s);
+    if v == Verdict::NotExecuted && call.context.reason == RETRY_OF_UNCERTAIN {
+        // This retry went out under an earlier attempt's upstream key, and was
+        // not executed (not sent, or the upstream says another request with
+        // that key is in flight): the earlier attempt may still have been. The
+        // operation stays uncertain (counted, its record kept for the next
+        // retry under the same key), never released.
+        v = Verdict::Uncertain;
+    }
     let object = if v == Verdict::Committed { parse_object(&s.body, s.now_us / 1_000_000) } else { None };
     let mut amount = call.amount_micros;
     let mut mismatch: Option<Mismatch> = None;

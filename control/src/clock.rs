@@ -1,11 +1,18 @@
 //! Time, behind a trait so tests can move it (caps reset per UTC day).
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync {
     /// Unix time in microseconds.
     fn now_us(&self) -> i64;
+
+    /// A monotonic instant, for how long ago something happened (the
+    /// revocation relay's freshness). The process's own by default; the
+    /// deterministic simulator (`sim/`) moves it with its simulated time.
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
 }
 
 pub struct SystemClock;

@@ -58,25 +58,36 @@ impl Gateway for GatewayService {
             generation: u64::try_from(sub.generation).unwrap_or(0),
             key_hashes: Vec::new(),
             heartbeat: false,
+            echo_ms: 0,
         };
         out.send(Ok(hello)).await.map_err(|_| Status::cancelled("watcher gone"))?;
         tokio::spawn(async move {
-            // A heartbeat when nothing else was sent: the worker trusts its cache only while it hears from us.
+            // Every message echoes the latest clock the worker sent: it trusts
+            // its cache only within a second of a time of its own we echoed.
+            let (mut echo, mut acked) = (0u64, sub.generation);
             let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = beat.tick() => {
-                        let heartbeat = Revocation { generation: 0, key_hashes: Vec::new(), heartbeat: true };
+                        let heartbeat = Revocation { heartbeat: true, echo_ms: echo, ..Default::default() };
                         if out.send(Ok(heartbeat)).await.is_err() { break }
                     },
                     update = sub.updates.recv() => match update {
-                        Ok(r) => if out.send(Ok(r)).await.is_err() { break },
+                        Ok(r) => if out.send(Ok(Revocation { echo_ms: echo, ..r })).await.is_err() { break },
                         // Missed revocations: the worker must start over with an empty cache.
                         Err(_) => break,
                     },
                     ack = inbound.message() => match ack {
-                        Ok(Some(m)) => app.revocations.ack(sub.id, i64::try_from(m.acked_generation).unwrap_or(0)),
+                        Ok(Some(m)) => {
+                            echo = echo.max(m.sent_at_ms);
+                            // Only news wakes the relay (the worker also writes to send its clock).
+                            let generation = i64::try_from(m.acked_generation).unwrap_or(0);
+                            if generation > acked {
+                                acked = generation;
+                                app.revocations.ack(sub.id, generation);
+                            }
+                        }
                         _ => break,
                     },
                     kick = &mut sub.kicked => {

@@ -134,10 +134,10 @@ impl Revocations {
         self.relayed.fetch_max(generation, Ordering::SeqCst);
     }
 
-    /// Whether the relay read the revocation log within `within`: only then
-    /// may keys be decided from this replica's cache.
-    pub fn in_sync(&self, within: Duration) -> bool {
-        self.synced.lock().ok().and_then(|s| *s).is_some_and(|at| at.elapsed() < within)
+    /// Whether the relay read the revocation log within `within` before
+    /// `now`: only then may keys be decided from this replica's cache.
+    pub fn in_sync(&self, now: Instant, within: Duration) -> bool {
+        self.synced.lock().ok().and_then(|s| *s).is_some_and(|at| now.saturating_duration_since(at) < within)
     }
 
     fn mark_synced(&self, at: Instant) {
@@ -152,10 +152,9 @@ impl Revocations {
     }
 
     /// How far every watcher got; disconnects the ones lagging too long.
-    fn acked_by_all(&self) -> i64 {
+    fn acked_by_all(&self, now: Instant) -> i64 {
         let relayed = self.generation();
         let Ok(mut w) = self.watchers.lock() else { return 0 };
-        let now = Instant::now();
         let mut acked = relayed;
         w.retain(|_, watcher| {
             if watcher.acked >= relayed {
@@ -201,10 +200,12 @@ impl Relay {
     }
 
     /// One pass: new log entries evicted and pushed, then the heartbeat when due.
+    /// [`Relay::run`] runs it every 20 ms and when poked or acknowledged; the
+    /// deterministic simulator (`sim/`) runs it as one of its events.
     pub async fn step(&mut self) {
         let (store, hub) = (&self.store, &self.hub);
         let after = hub.generation();
-        let reading = Instant::now();
+        let reading = self.clock.monotonic();
         match store.read(move |l| l.revocations_after(after, 256)).await {
             Ok(rows) => {
                 for (generation, hashes) in rows {
@@ -214,7 +215,7 @@ impl Relay {
                     let _ = hub.tx.send(Revocation {
                         generation: generation as u64,
                         key_hashes: hashes.iter().map(|h| h.to_vec()).collect(),
-                        heartbeat: false,
+                        ..Default::default()
                     });
                 }
                 // In sync as of the read's start: a revocation committed after it is not seen yet.
@@ -222,19 +223,29 @@ impl Relay {
             }
             Err(e) => tracing::warn!(error = %e, "revocation relay: cannot read the log"),
         }
-        let acked = hub.acked_by_all();
+        let now = self.clock.monotonic();
+        let acked = hub.acked_by_all(now);
         let due = match self.last_beat {
-            Some((a, at)) => a != acked || at.elapsed() >= HEARTBEAT_EVERY,
+            Some((a, at)) => a != acked || now.saturating_duration_since(at) >= HEARTBEAT_EVERY,
             None => true,
         };
         if due {
-            let (replica, now) = (hub.replica_id.clone(), self.clock.now_us() / 1000);
-            match store.write_applied(move |l| l.heartbeat(&replica, acked, now)).await {
-                Ok(()) => self.last_beat = Some((acked, Instant::now())),
+            let (replica, now_ms) = (hub.replica_id.clone(), self.clock.now_us() / 1000);
+            match store.write_applied(move |l| l.heartbeat(&replica, acked, now_ms)).await {
+                Ok(()) => self.last_beat = Some((acked, now)),
                 Err(e) => tracing::warn!(error = %e, "revocation relay: cannot record the heartbeat"),
             }
         }
     }
+}
+
+/// Whether every replica heard from since `now_ms - LIVE_WINDOW_MS` reports
+/// its watchers applied `generation` (and there is one): one look at what
+/// [`wait_propagated`] waits for.
+pub async fn propagated(store: &Store, generation: i64, now_ms: i64) -> StoreResult<bool> {
+    let since = now_ms - LIVE_WINDOW_MS;
+    let replicas = store.read(move |l| l.live_replicas(since)).await?;
+    Ok(replicas.iter().all(|(_, acked)| *acked >= generation) && !replicas.is_empty())
 }
 
 /// Waits until every live replica's watchers applied `generation`; false on timeout.
@@ -248,9 +259,7 @@ pub async fn wait_propagated(
     hub.poke();
     let deadline = Instant::now() + timeout;
     loop {
-        let since = now_ms - LIVE_WINDOW_MS;
-        let replicas = store.read(move |l| l.live_replicas(since)).await?;
-        if replicas.iter().all(|(_, acked)| *acked >= generation) && !replicas.is_empty() {
+        if propagated(store, generation, now_ms).await? {
             return Ok(true);
         }
         if Instant::now() >= deadline {
@@ -269,19 +278,19 @@ mod tests {
         let hub = Revocations::new("r1".into(), 5);
         let mut a = hub.subscribe();
         let b = hub.subscribe();
-        assert_eq!(hub.acked_by_all(), 5);
+        assert_eq!(hub.acked_by_all(Instant::now()), 5);
         hub.relayed.store(6, Ordering::SeqCst);
         hub.ack(a.id, 6);
-        assert_eq!(hub.acked_by_all(), 5, "b has not applied 6");
+        assert_eq!(hub.acked_by_all(Instant::now()), 5, "b has not applied 6");
         hub.ack(b.id, 6);
-        assert_eq!(hub.acked_by_all(), 6);
+        assert_eq!(hub.acked_by_all(Instant::now()), 6);
         hub.relayed.store(7, Ordering::SeqCst);
         if let Ok(mut w) = hub.watchers.lock() {
             for watcher in w.values_mut() {
                 watcher.behind_since = Some(Instant::now() - ACK_DEADLINE * 2);
             }
         }
-        assert_eq!(hub.acked_by_all(), 7, "laggards are dropped, not waited for");
+        assert_eq!(hub.acked_by_all(Instant::now()), 7, "laggards are dropped, not waited for");
         assert_eq!(hub.watcher_count(), 0);
         assert!(a.kicked.try_recv().is_ok());
     }
@@ -289,10 +298,12 @@ mod tests {
     #[test]
     fn the_cache_is_trusted_only_right_after_a_read_of_the_log() {
         let hub = Revocations::new("r1".into(), 0);
-        assert!(!hub.in_sync(CACHE_TRUST), "never read: not in sync");
-        hub.mark_synced(Instant::now());
-        assert!(hub.in_sync(CACHE_TRUST));
-        hub.mark_synced(Instant::now() - CACHE_TRUST * 2);
-        assert!(!hub.in_sync(CACHE_TRUST), "a replica that was paused or starved decides from the store");
+        let now = Instant::now();
+        assert!(!hub.in_sync(now, CACHE_TRUST), "never read: not in sync");
+        hub.mark_synced(now);
+        assert!(hub.in_sync(now, CACHE_TRUST));
+        assert!(hub.in_sync(now + CACHE_TRUST / 2, CACHE_TRUST));
+        hub.mark_synced(now - CACHE_TRUST * 2);
+        assert!(!hub.in_sync(now, CACHE_TRUST), "a replica that was paused or starved decides from the store");
     }
 }

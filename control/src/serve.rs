@@ -163,9 +163,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.fx_rates_file {
         load_fx_file(&app, path).await?;
     }
-    app.refresh_fx().await?;
-    let latest = app.store.read(|l| l.latest_revocation()).await?;
-    app.revocations.fast_forward(latest);
+    prepare(&app).await?;
 
     let (grpc, grpc_shown) = match &grpc_channel {
         GrpcChannel::Unix(path) => {
@@ -326,22 +324,21 @@ async fn load_fx_file(app: &App, path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a replica reads before it serves: the FX table, and where the
+/// revocation log ends (its watchers start there).
+pub async fn prepare(app: &App) -> crate::store::StoreResult<()> {
+    app.refresh_fx().await?;
+    let latest = app.store.read(|l| l.latest_revocation()).await?;
+    app.revocations.fast_forward(latest);
+    Ok(())
+}
+
 /// Expires leases of calls no gateway settled, and purges finished idempotency records and ended console sessions.
 async fn sweep(app: Arc<App>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let now_us = app.clock.now_us();
-        let result = app
-            .store
-            .write(move |l| {
-                let expired = expire_leases(l, now_us)?;
-                let purged = l.purge_idempotency(now_us / 1_000_000)?;
-                l.purge_sessions(now_us / 1_000_000)?;
-                Ok((expired, purged))
-            })
-            .await;
-        match result {
+        match sweep_once(&app).await {
             Ok((expired, _)) if expired > 0 => {
                 tracing::warn!(expired, "unsettled calls marked uncertain after their lease")
             }
@@ -349,6 +346,21 @@ async fn sweep(app: Arc<App>, every: Duration) {
             Err(e) => tracing::error!(error = %e, "sweep failed"),
         }
     }
+}
+
+/// One sweep (what [`sweep`] does every `--sweep-interval-ms`; the
+/// deterministic simulator calls it as an event): returns the calls whose
+/// lease ran out and the idempotency records purged.
+pub async fn sweep_once(app: &App) -> crate::store::StoreResult<(usize, u64)> {
+    let now_us = app.clock.now_us();
+    app.store
+        .write(move |l| {
+            let expired = expire_leases(l, now_us)?;
+            let purged = l.purge_idempotency(now_us / 1_000_000)?;
+            l.purge_sessions(now_us / 1_000_000)?;
+            Ok((expired, purged))
+        })
+        .await
 }
 
 /// Links new audit rows into the hash chain (PostgreSQL appends them unchained).

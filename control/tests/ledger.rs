@@ -160,6 +160,61 @@ storage_test! {
 }
 
 storage_test! {
+    /// Found by the deterministic simulator (`sim --seed 426`, before the fix):
+    /// a retry of an uncertain charge went out under its upstream key and was
+    /// not sent (the connection failed); it was released, its record dropped,
+    /// and the next retry went out under a new key: Stripe charged twice.
+    #[tokio::test]
+    async fn a_retry_of_an_uncertain_call_that_was_not_executed_leaves_it_uncertain(h) {
+        let key = h.key("uncertain-twice", "POST /v1/charges", Some("100"), "").await;
+        let req = charge(&key, 5000, "usd", "");
+        let (first, forwarded) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
+        settle(&h, &first, Outcome::Uncertain, 0, "").await;
+        // Not sent; then refused by the upstream as in flight under that key (409).
+        for (outcome, status) in [(Outcome::NotSent, 0), (Outcome::Responded, 409)] {
+            let (retry, again) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
+            assert_eq!(again, forwarded, "{}", h.name);
+            settle(&h, &retry, outcome, status, "").await;
+            let s = h.spend(&key).await;
+            assert_eq!((s.reserved, s.uncertain), (0, 50_000_000), "{}: still counted, as uncertain", h.name);
+        }
+        let (last, again) = allowed_call(verdict(&h, h.app.authorize(req.clone()).await));
+        assert_eq!(again, forwarded, "{}: the operation keeps its upstream key", h.name);
+        settle(&h, &last, Outcome::Responded, 200, r#"{"id":"ch_1","currency":"usd","amount":5000}"#).await;
+        let s = h.spend(&key).await;
+        assert_eq!((s.committed, s.uncertain), (50_000_000, 0), "{}", h.name);
+    }
+}
+
+storage_test! {
+    /// Found by the deterministic simulator (`sim --seed 522`, before the fix):
+    /// a rate set through one replica was not used by the others until they
+    /// restarted, so they priced calls at the old rate and a key's calls
+    /// through them moved more than its cap at the rate in force.
+    #[tokio::test]
+    async fn a_rate_set_through_one_replica_prices_calls_at_every_replica(h) {
+        use keybrake_control::app::{App, Limits};
+        let other = App::new(h.app.store.clone(), support::vault(), h.clock.clone(), Limits::default());
+        let rate = |r: &str| {
+            vec![keybrake_control::model::FxRate {
+                currency: "eur".into(),
+                usd_per_unit: r.into(),
+                as_of: "2026-11-26".into(),
+            }]
+        };
+        keybrake_control::admin::set_rates(&h.app, rate("1.00")).await.unwrap();
+        other.refresh_fx().await.unwrap();
+        keybrake_control::admin::set_rates(&h.app, rate("2.00")).await.unwrap();
+        let key = h.key("eur", "POST /v1/charges", Some("15"), r#""dedup":"idempotency_key""#).await;
+        // 10 EUR is $20 at the rate in force: over the $15 cap, at either replica.
+        let code = denied_code(verdict(&h, other.authorize(charge(&key, 1000, "eur", "e1")).await));
+        assert_eq!(code, "spend_cap_exceeded", "{}", h.name);
+        allowed_call(verdict(&h, other.authorize(charge(&key, 700, "eur", "e2")).await));
+        assert_eq!(h.spend(&key).await.reserved, 14_000_000, "{}: priced at 2.00", h.name);
+    }
+}
+
+storage_test! {
     #[tokio::test]
     async fn a_lost_lease_counts_as_uncertain_and_a_lost_answer_is_released(h) {
         let key = h.key("lease", "POST /v1/charges", Some("100"), "").await;

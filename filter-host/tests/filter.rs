@@ -399,11 +399,11 @@ fn the_revocation_stream_lets_reads_be_decided_locally_until_the_key_is_revoked(
         ("keybrake_control", SERVICE, "WatchRevocations")
     );
     assert_eq!(watch.sent.iter().map(|m| acked(m)).collect::<Vec<_>>(), [0]);
-    f.grpc_receive(
-        watch.token,
-        &wire::Revocation { generation: 5, key_hashes: vec![], heartbeat: false }.encode_to_vec(),
-    )
-    .unwrap();
+    // The replica echoes the worker's clock: the cache is trusted within a second of it.
+    let echo_ms = wire::WatchRequest::decode(watch.sent[0].as_slice()).unwrap().sent_at_ms;
+    assert!(echo_ms > 0);
+    f.grpc_receive(watch.token, &wire::Revocation { generation: 5, echo_ms, ..Default::default() }.encode_to_vec())
+        .unwrap();
     assert_eq!(acked(f.host().grpc_streams[0].sent.last().unwrap()), 5);
 
     // The first read asks, and the answer (generation 5) is cached.
@@ -430,7 +430,7 @@ fn the_revocation_stream_lets_reads_be_decided_locally_until_the_key_is_revoked(
     assert_eq!(f.host().metric("keybrake.requests_decided_locally"), Some(1));
 
     // Revoked: evicted at once, and the next read asks again.
-    let revocation = wire::Revocation { generation: 6, key_hashes: vec![key().hash().to_vec()], heartbeat: false };
+    let revocation = wire::Revocation { generation: 6, key_hashes: vec![key().hash().to_vec()], ..Default::default() };
     f.grpc_receive(watch.token, &revocation.encode_to_vec()).unwrap();
     assert_eq!(acked(f.host().grpc_streams[0].sent.last().unwrap()), 6);
     let (_, action) = read(&mut f, "ch_3");

@@ -42,6 +42,13 @@ pub async fn set(
     p.require_admin()?;
     let request: SetRates = parse_json(&body)?;
     let rates = request.validate()?;
+    set_rates(&app, rates).await?;
+    let data = app.store.read(|l| l.fx_rates()).await?;
+    Ok(Json(Rates { object: "list", data }))
+}
+
+/// Stores validated rates and reloads this replica's table from the store.
+pub async fn set_rates(app: &App, rates: Vec<FxRate>) -> crate::store::StoreResult<()> {
     let now = app.clock.now_us() / 1_000_000;
     app.store
         .write(move |l| {
@@ -51,7 +58,5 @@ pub async fn set(
             Ok(())
         })
         .await?;
-    app.refresh_fx().await?;
-    let data = app.store.read(|l| l.fx_rates()).await?;
-    Ok(Json(Rates { object: "list", data }))
+    app.refresh_fx().await
 }

@@ -22,6 +22,10 @@ use keybrake_core::vault_key::VaultKey;
 use keybrake_core::vendor::Vendor;
 
 pub use error::AdminError;
+/// The store-side halves of two admin operations, for callers that drive the
+/// control service without HTTP (the deterministic simulator, `sim/`).
+pub use fx::set_rates;
+pub use vault_keys::revoke_in_store;
 
 use crate::app::App;
 use crate::model::KeyState;

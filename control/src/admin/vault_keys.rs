@@ -182,16 +182,7 @@ pub async fn reinstate(
 /// dropped the keys (bounded; `propagated` says whether it got there).
 async fn revoke_and_propagate(app: &App, selector: RevokeSelector) -> Result<Revoked, AdminError> {
     let now_us = app.clock.now_us();
-    let (revoked, generation) = app
-        .store
-        .write(move |l| {
-            let revoked = l.revoke_keys(&selector, now_us / 1_000_000)?;
-            let hashes: Vec<[u8; 32]> = revoked.iter().map(|(_, h)| *h).collect();
-            let generation = if hashes.is_empty() { 0 } else { l.record_revocation(&hashes, now_us / 1_000_000)? };
-            Ok((revoked, generation))
-        })
-        .await?;
-    app.keys.evict(&revoked.iter().map(|(_, h)| *h).collect::<Vec<_>>());
+    let (revoked, generation) = revoke_in_store(app, selector).await?;
     let propagated = if generation == 0 {
         true
     } else {
@@ -206,6 +197,30 @@ async fn revoke_and_propagate(app: &App, selector: RevokeSelector) -> Result<Rev
     }
     let ids: Vec<String> = revoked.into_iter().map(|(id, _)| id).collect();
     Ok(Revoked { revoked: ids.len(), ids, propagated })
+}
+
+/// The first half of a revocation: revokes the selected keys in the store,
+/// appends them to the revocation log and drops them from this replica's
+/// cache. Returns the (id, hash) of each key revoked now and the log's
+/// generation that carries them (0 when none was). The second half waits
+/// until every worker applied that generation ([`crate::revocation::wait_propagated`];
+/// the deterministic simulator polls [`crate::revocation::propagated`]).
+pub async fn revoke_in_store(
+    app: &App,
+    selector: RevokeSelector,
+) -> crate::store::StoreResult<(Vec<(String, [u8; 32])>, i64)> {
+    let now_us = app.clock.now_us();
+    let (revoked, generation) = app
+        .store
+        .write(move |l| {
+            let revoked = l.revoke_keys(&selector, now_us / 1_000_000)?;
+            let hashes: Vec<[u8; 32]> = revoked.iter().map(|(_, h)| *h).collect();
+            let generation = if hashes.is_empty() { 0 } else { l.record_revocation(&hashes, now_us / 1_000_000)? };
+            Ok((revoked, generation))
+        })
+        .await?;
+    app.keys.evict(&revoked.iter().map(|(_, h)| *h).collect::<Vec<_>>());
+    Ok((revoked, generation))
 }
 
 /// How long a revoke waits for every worker to drop the keys from its cache.

@@ -76,6 +76,11 @@ where
 pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn WriteJob>>,
     readers: Arc<ReaderPool>,
+    /// Dropped with the last clone of the store: the checkpoint thread then
+    /// ends and closes its connection (a process that opens many stores, like
+    /// the tests and the simulator, would otherwise keep a thread and a file
+    /// per store).
+    _checkpoints: Arc<mpsc::Sender<()>>,
 }
 
 /// Read-only connections, opened on demand and kept for reuse.
@@ -151,13 +156,15 @@ impl SqliteStore {
             .map_err(unavailable)?;
         let checkpointer = Connection::open(path).map_err(unavailable)?;
         checkpointer.execute_batch("PRAGMA busy_timeout=1000;").map_err(unavailable)?;
+        let (open, closed) = mpsc::channel::<()>();
         thread::Builder::new()
             .name("keybrake-sqlite-checkpoint".into())
-            .spawn(move || run_checkpoints(checkpointer))
+            .spawn(move || run_checkpoints(checkpointer, closed))
             .map_err(unavailable)?;
         Ok(SqliteStore {
             writer: tx,
             readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            _checkpoints: Arc::new(open),
         })
     }
 
@@ -202,10 +209,10 @@ fn wal_path(db: &Path) -> PathBuf {
 }
 
 /// Copies the WAL back into the database now and then, so it stays small.
-/// PASSIVE never waits for the writer or the readers.
-fn run_checkpoints(conn: Connection) {
-    loop {
-        thread::sleep(std::time::Duration::from_millis(500));
+/// PASSIVE never waits for the writer or the readers. Ends when the store is
+/// dropped (`closed` disconnects).
+fn run_checkpoints(conn: Connection, closed: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = closed.recv_timeout(std::time::Duration::from_millis(500)) {
         if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
             tracing::warn!(error = %e, "SQLite checkpoint failed; will retry");
         }
