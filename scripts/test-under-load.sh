@@ -37,6 +37,8 @@ one_run() {  # name, loaded (1/0)
   status=0
   (cd "$dir" && scripts/test.sh) >"$dir/test.log" 2>&1 || status=$?
   stop_load
+  # A clone's build takes some 10 GiB: keep its log, not its build, or four runs fill a small disk.
+  rm -rf "$dir/target"
   results+=("$(printf '%-8s %-7s %6ss  %s' "$name" "$([ "$loaded" = 1 ] && echo loaded || echo quiet)" \
     "$((SECONDS - started))" "$([ "$status" = 0 ] && echo passed || echo "FAILED (exit $status)")")")
   if [ "$status" != 0 ]; then

@@ -6,6 +6,7 @@
 //!
 //! Exit status 0 when every invariant held in every run, 1 when one did not, 2 on a usage error.
 
+#![forbid(unsafe_code)]
 // A test tool: its output is its interface.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 

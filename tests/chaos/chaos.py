@@ -22,7 +22,7 @@ and a checker reads the stand-in's record and the ledger:
 Loopback only; the run is bounded in time, and its faults by their count per
 minute. The seed drives the workload and the nemesis's choices (the
 machine's timing does the rest: a failure is reproduced by its invariants,
-not replayed; tests/sim is the deterministic counterpart). Exit code 0 when
+not replayed; sim/ is the deterministic counterpart). Exit code 0 when
 every invariant held."""
 from __future__ import annotations
 
