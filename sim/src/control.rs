@@ -147,6 +147,7 @@ impl World<'_> {
     /// A worker's unary call arrives at a replica, which runs it to completion.
     pub fn rpc_arrive(&mut self, r: NodeRef, id: u64) {
         let Some(app) = self.app_of(r) else { return };
+        self.last_rpc_arrival = self.now;
         let Some(call) = self.rpcs.get(&id) else { return };
         let (kind, body, w, token) = (call.rpc, call.body.clone(), call.w, call.token);
         let lost = self.replicas[r.idx].lost_until > self.now;

@@ -254,6 +254,8 @@ pub struct World<'rt> {
     pub healing: bool,
     pub end_at: Option<i64>,
     hard_end: i64,
+    /// When a request last reached a replica (it may have reserved then).
+    pub last_rpc_arrival: i64,
     /// Calls into the control service's async code (each one or more store operations).
     pub store_ops: Cell<u64>,
 }
@@ -291,6 +293,7 @@ impl<'rt> World<'rt> {
             healing: false,
             end_at: None,
             hard_end: i64::MAX,
+            last_rpc_arrival: 0,
             store_ops: Cell::new(0),
             rt,
             plan,
@@ -577,6 +580,16 @@ impl<'rt> World<'rt> {
     /// The run ends once every lease has run out and every worker's outbox is
     /// delivered (its deadline and backoff can take some ten seconds).
     fn quiet(&mut self) {
+        // A request that reached a replica late (delayed in the network, or a
+        // duplicate), or is still on its way, may reserve: its lease must run
+        // out, and a sweep see it, before the run ends.
+        let queued = self.queue.iter().filter(|s| matches!(s.ev, Ev::RpcArrive { .. })).map(|s| s.at).max();
+        let last = queued.unwrap_or(0).max(self.last_rpc_arrival);
+        let settled_by = last + (self.plan.lease_secs + 2) * 1_000_000;
+        if self.now < settled_by && self.now < self.hard_end {
+            self.at(settled_by.min(self.hard_end), Ev::Quiet);
+            return;
+        }
         let pending: u64 = self.workers.iter().filter(|w| w.up).map(|w| w.outbox_pending()).sum();
         if pending == 0 || self.now >= self.hard_end {
             self.end_at = Some(self.now + 1_100_000);
